@@ -1,0 +1,3 @@
+from xlsr.cli import main
+
+raise SystemExit(main())
