@@ -128,10 +128,9 @@ class OptimConfig:
 class DistributedConfig:
     """Parallelism and precision; applied to the plain model by xlsr.engine.parallel."""
 
-    backend: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    backend: Literal["ddp", "fsdp"] = "ddp"
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     fsdp_sharding: Literal["full", "hybrid"] = "full"
-    zero_stage: Literal[1, 2, 3] = 2
     # "none", "layers" (every k-th transformer layer) or "layers+conv" (also the conv encoder).
     activation_checkpointing: Literal["none", "layers", "layers+conv"] = "none"
     activation_checkpointing_every: int = 1
@@ -292,7 +291,8 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
             return tuple(_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{source}: '{key}' must have {len(args)} entries, got {value!r}")
-        return tuple(_convert(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_convert(a, v, source, f"{key}[{i}]") for i, (a, v) in pairs)
     return _convert_scalar(hint, value, source, key)
 
 

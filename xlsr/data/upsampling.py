@@ -50,9 +50,10 @@ def format_probability_table(hours: Mapping[StreamKey, float], probs: Mapping[St
         natural = hours[key] / total
         sampled = probs.get(key, 0.0)
         ratio = sampled / natural if natural > 0 else float("inf")
-        lines.append(
-            f"{key[0]:<14}{key[1]:<10}{hours[key]:>10.3f}{100 * natural:>10.2f}%{100 * sampled:>10.2f}%{ratio:>8.2f}"
-        )
+        shares = f"{100 * natural:>10.2f}%{100 * sampled:>10.2f}%{ratio:>8.2f}"
+        lines.append(f"{key[0]:<14}{key[1]:<10}{hours[key]:>10.3f}{shares}")
     lines.append("-" * len(header))
-    lines.append(f"{'total':<24}{sum(hours.values()):>10.3f}{100.0:>10.2f}%{100 * sum(probs.values()):>10.2f}%")
+    lines.append(
+        f"{'total':<24}{sum(hours.values()):>10.3f}{100.0:>10.2f}%{100 * sum(probs.values()):>10.2f}%"
+    )
     return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""`xlsr launch local`: N training processes on this machine, torchrun-style.
+
+Each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs
+``python -m xlsr train``. Stop signals are forwarded to every process (they save and exit). If one
+process fails, the others are terminated after a grace period, and its exit code is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_local(nproc: int, train_args: list[str], grace_s: float = 30.0, env: dict | None = None) -> int:
+    """Run ``xlsr train <train_args>`` in ``nproc`` processes; returns the job's exit code."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    base_env = {**os.environ, **(env or {})}
+    base_env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+    )
+    # Each rank gets an equal share of the cores unless the user said otherwise.
+    base_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "xlsr", "train", *train_args],
+            env={**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        )
+        for rank in range(nproc)
+    ]
+    previous = {
+        sig: signal.signal(sig, lambda signum, _f: _forward(procs, signum)) for sig in FORWARDED_SIGNALS
+    }
+    try:
+        return _wait(procs, grace_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _forward(procs: list[subprocess.Popen], signum: int) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+
+def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+    while True:
+        codes = [proc.poll() for proc in procs]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            _terminate(procs, grace_s)
+            return failed[0]
+        if all(code == 0 for code in codes):
+            return 0
+        time.sleep(0.2)
+
+
+def _terminate(procs: list[subprocess.Popen], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,171 @@
+"""The streaming loader: upsampling, disjoint ranks, exact resume, pipe: URLs, bad shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from xlsr.config import DataConfig
+from xlsr.data.loader import DataStream, build_stream_specs
+from xlsr.data.stream import SlotPipeline
+from xlsr.data.upsampling import upsampling_probabilities
+
+
+def data_config(index, **changes) -> DataConfig:
+    base = DataConfig(
+        train=[str(index)],
+        max_tokens=120_000,
+        max_sample_size=48_000,
+        min_sample_size=16_000,
+        num_workers=0,
+        shuffle_buffer=16,
+        bucket_buffer=12,
+        num_buckets=3,
+        normalize=True,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def assert_same_batches(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        assert a.keys == b.keys
+        assert torch.equal(a.source, b.source)
+        assert (a.padding_mask is None) == (b.padding_mask is None)
+        if a.padding_mask is not None:
+            assert torch.equal(a.padding_mask, b.padding_mask)
+
+
+def test_two_level_upsampling_matches_formula():
+    hours = {("cv", "en"): 900.0, ("cv", "sw"): 100.0, ("mls", "de"): 400.0, ("mls", "fr"): 100.0}
+    probs = upsampling_probabilities(hours, language_alpha=0.5, corpus_alpha=0.5)
+    corpus_cv = (1000 / 1500) ** 0.5 / ((1000 / 1500) ** 0.5 + (500 / 1500) ** 0.5)
+    en_given_cv = 0.9**0.5 / (0.9**0.5 + 0.1**0.5)
+    assert probs[("cv", "en")] == pytest.approx(corpus_cv * en_given_cv)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    natural = upsampling_probabilities(hours, 1.0, 1.0)
+    assert natural[("cv", "en")] == pytest.approx(900 / 1500)
+    uniform = upsampling_probabilities(hours, 0.0, 0.0)
+    assert set(np.round(list(uniform.values()), 6)) == {0.25}
+
+
+def test_batches_respect_max_tokens_and_lengths(demo_index):
+    cfg = data_config(demo_index)
+    stream = DataStream(cfg, seed=0)
+    for batch in take(stream, 20):
+        rows, longest = batch.source.shape
+        assert rows * longest <= cfg.max_tokens
+        assert cfg.min_sample_size <= longest <= cfg.max_sample_size
+        lengths = longest - (
+            batch.padding_mask.sum(1) if batch.padding_mask is not None else torch.zeros(rows)
+        )
+        assert int(lengths.sum()) == batch.num_samples
+        assert int(lengths.min()) >= cfg.min_sample_size
+        if batch.padding_mask is not None:  # padding is zeros and only at the end of each row
+            assert torch.all(batch.source[batch.padding_mask] == 0)
+            assert torch.all(batch.padding_mask.int().diff(dim=1) >= 0)
+
+
+def test_empirical_audio_shares_follow_upsampling(demo_index):
+    """A long stream draws audio from each language in the upsampled proportions (hours, not clips)."""
+    cfg = data_config(demo_index, min_sample_size=0)
+    specs, _, hour_probs = build_stream_specs(cfg)
+    pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=3)
+    seconds = Counter()
+    for _ in range(6000):
+        _, sample = pipeline._pull()
+        seconds[(sample.corpus, sample.language)] += sample.num_samples / 16_000
+    total = sum(seconds.values())
+    for key, p in hour_probs.items():
+        assert seconds[key] / total == pytest.approx(p, abs=0.02), key
+
+
+def test_ranks_and_workers_read_disjoint_data(demo_index):
+    """Each slot (rank x worker) owns distinct utterances; together they cover every utterance."""
+    cfg = data_config(demo_index)
+    specs, _, _ = build_stream_specs(cfg)
+    num_slots = 4  # 2 ranks x 2 workers
+    for stream_id, spec in enumerate(specs):
+        seen = []
+        for slot in range(num_slots):
+            reader = SlotPipeline(specs, cfg, slot=slot, num_slots=num_slots, seed=0).readers[stream_id]
+            keys = []
+            while True:  # one full pass over the units this slot owns
+                ref, sample = reader.next()
+                if ref[1] > 0:
+                    break
+                keys.append(sample.key)
+            seen.append(keys)
+        total = sum(shard.samples for shard in spec.shards)
+        assert set().union(*seen) == {k for keys in seen for k in keys} and len(set().union(*seen)) == total
+        if total >= num_slots:
+            assert sum(map(len, seen)) == total, f"{spec.name}: some utterance is read by two slots"
+        else:  # fewer utterances than slots: slots share, but every slot still gets data
+            assert all(seen)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact(demo_index, workers):
+    cfg = data_config(demo_index, num_workers=workers)
+    reference = take(DataStream(cfg, seed=5), 9)
+    first = DataStream(cfg, seed=5)
+    take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # the state must survive serialization
+    resumed = DataStream(cfg, seed=5)
+    resumed.load_state_dict(state, updates_done=5)
+    assert_same_batches(take(resumed, 4), reference[5:])
+
+
+def test_topology_change_reseeds_and_says_so(demo_index, caplog):
+    cfg = data_config(demo_index)
+    two_ranks = DataStream(cfg, seed=5, rank=0, world_size=2)
+    take(two_ranks, 3)
+    single = DataStream(cfg, seed=5, rank=0, world_size=1)
+    with caplog.at_level(logging.WARNING):
+        single.load_state_dict(two_ranks.state_dict(), updates_done=3)
+    assert "data topology changed" in caplog.text
+    fresh = take(DataStream(cfg, seed=5), 2)
+    continued = take(single, 2)
+    assert [b.keys for b in continued] != [b.keys for b in fresh]  # no silent replay
+
+
+def test_pipe_urls_stream_like_files(demo_index, tmp_path):
+    index = json.loads(demo_index.read_text())
+    for shard in index["shards"]:
+        shard["path"] = f"pipe:cat {demo_index.parent / shard['path']}"
+    piped = tmp_path / "index.json"
+    piped.write_text(json.dumps(index))
+    direct = take(DataStream(data_config(demo_index), seed=1), 3)
+    via_pipe = take(DataStream(data_config(piped), seed=1), 3)
+    assert_same_batches(direct, via_pipe)
+
+
+def test_truncated_shard_is_skipped_not_fatal(demo_index, tmp_path):
+    index = json.loads(demo_index.read_text())
+    biggest = max(index["shards"], key=lambda s: s["samples"])
+    data = (demo_index.parent / biggest["path"]).read_bytes()
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(data[: len(data) // 3] + b"\0garbage" * 100)
+    index["shards"] = [dict(biggest, path=str(broken))] + [
+        dict(s, path=str(demo_index.parent / s["path"])) for s in index["shards"] if s is not biggest
+    ]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    stream = DataStream(data_config(tmp_path / "index.json"), seed=0)
+    batches = take(stream, 15)
+    assert all(math.isfinite(float(b.source.abs().sum())) for b in batches)
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="run `xlsr shard` first"):
+        DataStream(data_config(tmp_path / "nope.json"), seed=0)

@@ -1,0 +1,140 @@
+"""Checkpoints that never lose work.
+
+Layout of one checkpoint, ``<checkpoint_dir>/step-00001000/``:
+- DCP files (``.metadata``, ``__*_*.distcp``): model and optimizer, sharded as trained, and
+  reshardable to any world size on load;
+- ``trainer.pt``: step, scheduler, loss-scale and skip counters, W&B run id (rank 0);
+- ``rank-00003.pt``: that rank's RNG states and data-stream state;
+- ``config.yaml``: the resolved config; ``meta.json``: a human-readable summary.
+
+Everything is written into ``step-N.tmp/`` and renamed when every rank has finished, so a directory
+without the ``.tmp`` suffix is always complete; a job killed mid-save leaves only a ``.tmp`` that the
+next save removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from xlsr.config import TrainConfig, atomic_write_text, dump_config
+from xlsr.engine.distributed import DistEnv
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match and (path / "trainer.pt").is_file() and (path / ".metadata").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+class Checkpointer:
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        self.root = cfg.checkpoint_dir
+
+    def resume_path(self) -> Path | None:
+        """The checkpoint to resume from, per ``checkpoint.resume``."""
+        mode = self.cfg.checkpoint.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            found = complete_checkpoints(self.root)
+            return found[-1][1] if found else None
+        path = Path(mode)
+        if not (path / "trainer.pt").is_file():
+            raise FileNotFoundError(f"checkpoint.resume={mode}: not a complete checkpoint directory")
+        return path
+
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+        rank_state: dict[str, Any],
+    ) -> Path:
+        final = self.root / step_dir_name(step)
+        tmp = final.with_name(final.name + ".tmp")
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+        torch.save(rank_state, tmp / f"rank-{self.env.rank:05d}.pt")
+        dist.barrier()
+        if self.env.is_main:
+            torch.save({**trainer_state, "world_size": self.env.world_size}, tmp / "trainer.pt")
+            atomic_write_text(tmp / "config.yaml", dump_config(self.cfg))
+            meta = {"step": step, "world_size": self.env.world_size, "time": time.time()}
+            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._prune()
+        dist.barrier()
+        return final
+
+    def _prune(self) -> None:
+        keep_every = self.cfg.checkpoint.keep_every
+        found = complete_checkpoints(self.root)
+        recent = {step for step, _ in found[-self.cfg.checkpoint.keep_last :]}
+        for step, path in found:
+            if step not in recent and not (keep_every and step % keep_every == 0):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def load(
+        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Restore model and optimizer (resharded if needed); returns trainer state and this rank's state.
+
+        The rank state is None when the checkpoint was written by a different world size.
+        """
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        trainer_state = torch.load(path / "trainer.pt", weights_only=True)
+        rank_file = path / f"rank-{self.env.rank:05d}.pt"
+        same_world = trainer_state["world_size"] == self.env.world_size
+        rank_state = torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
+        return trainer_state, rank_state
+
+
+def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Full (unsharded) model weights of a training checkpoint, readable without a process group."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint directory (no .metadata)")
+    with tempfile.TemporaryDirectory() as tmp:
+        consolidated = Path(tmp) / "model.pt"
+        dcp_to_torch_save(path, consolidated)
+        state = torch.load(consolidated, weights_only=True)
+    return state["model"]

@@ -1,0 +1,480 @@
+"""The training loop: stream → model → loss → update, with checkpoints, logging and clean stops.
+
+One update = ``optim.update_freq`` micro-batches. Before any forward pass, the masks of all
+micro-batches are drawn, so the total number of masked frames N over all ranks is known up front
+and each micro-batch's loss is scaled by world_size / N: with DDP/FSDP averaging, the gradient is
+the per-masked-frame mean over the whole effective batch, exactly as fairseq's trainer normalizes
+it (reference spec §2.4). The hot loop never waits on the device: metrics accumulate in device
+tensors and are reduced once per logging interval, and non-finite updates are skipped by the
+optimizer on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from xlsr.config import TrainConfig, atomic_write_text, save_config
+from xlsr.data.loader import DataStream
+from xlsr.data.stream import Batch
+from xlsr.engine.checkpoint import Checkpointer, complete_checkpoints, load_model_state
+from xlsr.engine.distributed import DistEnv
+from xlsr.engine.flops import SAMPLE_RATE, conv_output_lengths, peak_flops, train_flops_per_crop
+from xlsr.engine.metrics import BITS, MetricsLogger, collapse_alarms, format_console_line, wandb_run_id
+from xlsr.engine.optim import build_optimizer, build_scheduler
+from xlsr.engine.parallel import PRECISION_DTYPES, parallelize
+from xlsr.model.loss import pretraining_loss
+from xlsr.model.masking import compute_mask_indices
+from xlsr.model.wav2vec2 import Wav2Vec2Model
+
+log = logging.getLogger("xlsr.train")
+
+# sysexits EX_TEMPFAIL: stopped by a signal after saving; run the same command again to continue.
+PREEMPTED_EXIT_CODE = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# Device-side sums kept between logging intervals, in this order.
+SUM_KEYS = (
+    "loss",
+    "loss_contrastive",
+    "loss_diversity",
+    "loss_feature_penalty",
+    "correct",
+    "count",
+    "sample_size",
+    "prob_perplexity",
+    "code_perplexity",
+    "micro_batches",
+    "audio_samples",
+    "crops",
+    "grad_norm",
+    "skipped_updates",
+)
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" or "preempted"
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    wandb_dir: str | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = Wav2Vec2Model(cfg.model).to(env.device)
+        frozen_encoder = cfg.model.feature_grad_mult == 0
+        self.wrapped = parallelize(
+            self.model,
+            cfg.distributed,
+            env,
+            find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder,
+        )
+        self.optimizer = build_optimizer(self.wrapped.parameters(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.data = DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
+        self.checkpointer = Checkpointer(cfg, env)
+        self.generator = torch.Generator(env.device).manual_seed(cfg.seed * 7919 + env.rank)
+        self.step = 0
+        self.loss_scale = torch.ones((), device=env.device)
+        self.scale_growth = torch.zeros((), device=env.device)
+        self.consecutive_nonfinite = torch.zeros((), device=env.device)
+        self.skipped_total = torch.zeros((), device=env.device)
+        self.sums = torch.zeros(len(SUM_KEYS), device=env.device)
+        self.stop_requested = False
+        self.run_id: str | None = None
+
+    # -- setup --------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Resume from the newest complete checkpoint, or start fresh (optionally from imported weights)."""
+        path = self.checkpointer.resume_path()
+        if path is None:
+            if self.cfg.checkpoint.init_from:
+                self._init_weights_from(self.cfg.checkpoint.init_from)
+            self.run_id = wandb_run_id(self.cfg) if self.env.is_main else None
+            return
+        trainer_state, rank_state = self.checkpointer.load(path, self.wrapped, self.optimizer)
+        self.step = trainer_state["step"]
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        for name in ("loss_scale", "scale_growth", "skipped_total"):
+            getattr(self, name).copy_(trainer_state[name])
+        self.run_id = trainer_state.get("wandb_run_id")
+        if rank_state is not None:
+            self._set_rng_state(rank_state["rng"])
+            self.data.load_state_dict(rank_state["data"], updates_done=self.step)
+        else:
+            log.warning(
+                "checkpoint %s was written by another world size: RNG and data streams re-seeded", path
+            )
+            self.generator.manual_seed(self.cfg.seed * 7919 + self.env.rank + 104_729 * self.step)
+            self.data.load_state_dict({"world_size": -1, "workers": -1, "seed": None}, updates_done=self.step)
+        if self.env.is_main:
+            log.info("resumed from %s at update %d", path, self.step)
+
+    def _init_weights_from(self, path: str) -> None:
+        source = Path(path)
+        if source.is_dir():
+            state = load_model_state(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)["model"]
+        self.model.load_state_dict(state)
+        if self.env.is_main:
+            log.info("initialized weights from %s", path)
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {
+            "torch": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if self.env.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["generator"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.env.device)
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, _frame):
+            self.stop_requested = True
+            log.warning(
+                "rank %d got %s: saving a checkpoint after this update",
+                self.env.rank,
+                signal.Signals(signum).name,
+            )
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        self.restore()
+        self._install_signal_handlers()
+        logger = MetricsLogger(self.cfg, self.env.is_main, self.run_id)
+        result = TrainResult(status="finished", step=self.step, wandb_dir=logger.wandb_dir)
+        if self.env.is_main:
+            save_config(self.cfg, Path(self.cfg.run_dir) / "config.yaml")
+            print(
+                "Upsampled data mixture (hours, natural share, sampled share):\n"
+                + self.data.probability_table()
+            )
+            logger.log_probability_table(self.data.hours, self.data.hour_probs)
+        last = self.cfg.last_update
+        progress = tqdm(
+            total=last,
+            initial=self.step,
+            disable=not (self.env.is_main and self.cfg.logging.progress) or None,
+            desc="pretraining",
+            unit="upd",
+            dynamic_ncols=True,
+        )
+        interval_start, data_wait = time.perf_counter(), 0.0
+        try:
+            while self.step < last:
+                data_wait += self._train_update()
+                self.step += 1
+                progress.update(1)
+                if self.step % self.cfg.logging.interval == 0 or self.step == last:
+                    metrics = self._reduce_metrics(time.perf_counter() - interval_start, data_wait)
+                    interval_start, data_wait = time.perf_counter(), 0.0
+                    result.history.append(metrics)
+                    self._report(metrics, logger, progress)
+                elif self.step % max(1, self.cfg.optim.max_consecutive_nonfinite) == 0:
+                    self._check_nonfinite()
+                stop = self._stop_agreed()
+                if stop or self.step % self.cfg.checkpoint.interval_updates == 0 or self.step == last:
+                    result.checkpoint = self._save()
+                if stop:
+                    result.status = "preempted"
+                    break
+        finally:
+            progress.close()
+            logger.close()
+        result.step = self.step
+        if self.env.is_main:
+            self._write_summary(result)
+        return result
+
+    def _write_summary(self, result: TrainResult) -> None:
+        """summary.json: first and last logged metrics of the whole run (across resumes)."""
+        run_dir = Path(self.cfg.run_dir)
+        history_file = run_dir / "metrics.jsonl"
+        lines = history_file.read_text().splitlines() if history_file.exists() else []
+        if not lines:
+            return
+        latest = complete_checkpoints(self.cfg.checkpoint_dir)
+        summary = {
+            "status": result.status,
+            "step": result.step,
+            "first": json.loads(lines[0]),
+            "last": json.loads(lines[-1]),
+            "checkpoint": str(latest[-1][1]) if latest else None,
+            "wandb_dir": result.wandb_dir,
+        }
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+
+    def _train_update(self) -> float:
+        """One optimizer update; returns the seconds spent waiting for data."""
+        cfg = self.cfg
+        self.model.set_num_updates(self.step)
+        started = time.perf_counter()
+        batches = [next(self.data) for _ in range(cfg.optim.update_freq)]
+        data_wait = time.perf_counter() - started
+        prepared = [self._prepare(batch) for batch in batches]
+        total_masked = torch.stack([masks.sum() for _, _, masks in prepared]).sum().float()
+        dist.all_reduce(total_masked)
+        # Loss sums are scaled so that DDP/FSDP's average over ranks yields Σ∂L / N_total.
+        loss_factor = self.env.world_size * self.loss_scale / total_masked.clamp(min=1)
+        layer_keep = self._layer_keep()
+        losses = []
+        for index, (source, padding_mask, masks) in enumerate(prepared):
+            last_micro = index == len(prepared) - 1
+            sync = (
+                contextlib.nullcontext()
+                if last_micro or not hasattr(self.wrapped, "no_sync")
+                else self.wrapped.no_sync()
+            )
+            with sync, self._autocast():
+                output = self.wrapped(
+                    source, padding_mask, mask_indices=masks, generator=self.generator, layer_keep=layer_keep
+                )
+                loss, _, metrics = pretraining_loss(output, cfg.loss)
+                (loss * loss_factor).backward()
+            losses.append(loss.detach())
+            self._accumulate(loss.detach(), metrics, source, padding_mask)
+        found_inf = self._finish_gradients(torch.stack(losses).sum())
+        self.optimizer.step(skip=found_inf)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return data_wait
+
+    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Move a batch to the device and draw its time masks (fairseq semantics, on the device)."""
+        device = self.env.device
+        source = batch.source.to(device, non_blocking=True)
+        padding_mask = (
+            None if batch.padding_mask is None else batch.padding_mask.to(device, non_blocking=True)
+        )
+        frames = conv_output_lengths(source.shape[1], self.cfg.model)[-1]
+        m = self.cfg.model
+        masks = compute_mask_indices(
+            (source.shape[0], frames),
+            self.model.frame_padding_mask(padding_mask, frames),
+            m.mask_prob,
+            m.mask_length,
+            m.mask_min_masks,
+            m.require_same_masks,
+            generator=self.generator,
+            device=device,
+        )
+        return source, padding_mask, masks
+
+    def _layer_keep(self) -> list[bool] | None:
+        """Layer-drop decisions shared by all ranks (FSDP needs every rank to run the same layers)."""
+        p = self.cfg.model.encoder_layerdrop
+        if p <= 0:
+            return None
+        draws = torch.rand(
+            self.cfg.model.encoder_layers, generator=torch.Generator().manual_seed(self.cfg.seed + self.step)
+        )
+        return (draws >= p).tolist()
+
+    def _autocast(self):
+        precision = self.cfg.distributed.precision
+        if precision == "fp32" or self.cfg.distributed.backend == "fsdp":
+            return contextlib.nullcontext()  # FSDP's mixed-precision policy casts parameters itself
+        return torch.autocast(self.env.device.type, dtype=PRECISION_DTYPES[precision])
+
+    def _finish_gradients(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """Unscale (fp16), measure and clip the gradient; returns the device-side 'skip' flag."""
+        params = [p for p in self.wrapped.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.cfg.distributed.precision == "fp16":
+            torch._foreach_div_(grads, self.loss_scale)
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        if self.cfg.optim.clip_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.clip_norm, norm, foreach=True)
+        found_inf = ~(torch.isfinite(norm) & torch.isfinite(loss_sum))
+        if self.env.world_size > 1:  # a NaN loss on one rank must skip the update everywhere
+            flag = found_inf.float()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            found_inf = flag > 0
+        self._update_loss_scale(found_inf)
+        self.consecutive_nonfinite.mul_(found_inf).add_(found_inf.float())
+        self.skipped_total.add_(found_inf.float())
+        self.sums[SUM_KEYS.index("grad_norm")] += torch.where(found_inf, 0.0, norm.float())
+        self.sums[SUM_KEYS.index("skipped_updates")] += found_inf.float()
+        return found_inf
+
+    def _update_loss_scale(self, found_inf: torch.Tensor) -> None:
+        """Dynamic fp16 loss scaling on the device: halve on overflow, double after a clean window."""
+        if self.cfg.distributed.precision != "fp16":
+            return
+        window = max(1, 2**14 // (self.env.world_size * self.cfg.optim.update_freq))
+        grown = self.scale_growth + 1 >= window
+        self.loss_scale.copy_(
+            torch.where(
+                found_inf, self.loss_scale / 2, torch.where(grown, self.loss_scale * 2, self.loss_scale)
+            )
+        )
+        self.scale_growth.copy_(torch.where(found_inf | grown, 0.0, self.scale_growth + 1))
+
+    def _accumulate(self, loss, metrics, source, padding_mask) -> None:
+        audio = source.new_tensor(source.numel()) if padding_mask is None else (~padding_mask).sum()
+        values = {
+            "loss": loss,
+            **{
+                k: metrics[k]
+                for k in (
+                    "loss_contrastive",
+                    "loss_diversity",
+                    "loss_feature_penalty",
+                    "correct",
+                    "count",
+                    "sample_size",
+                    "prob_perplexity",
+                    "code_perplexity",
+                )
+            },
+            "micro_batches": 1.0,
+            "audio_samples": audio,
+            "crops": float(source.shape[0]),
+        }
+        for key, value in values.items():
+            self.sums[SUM_KEYS.index(key)] += value.float() if torch.is_tensor(value) else value
+
+    # -- logging --------------------------------------------------------------------------------------
+
+    def _reduce_metrics(self, elapsed: float, data_wait: float) -> dict[str, float]:
+        sums = self.sums.clone()
+        dist.all_reduce(sums)
+        self.sums.zero_()
+        s = dict(zip(SUM_KEYS, sums.tolist(), strict=True))
+        self._check_nonfinite()
+        world, micro = self.env.world_size, max(s["micro_batches"], 1)
+        masked = max(s["sample_size"], 1)
+        updates = (
+            self.cfg.logging.interval
+            if self.step % self.cfg.logging.interval == 0
+            else self.step % self.cfg.logging.interval
+        )
+        audio_seconds = s["audio_samples"] / SAMPLE_RATE
+        metrics = {
+            "loss": s["loss"] / masked * BITS,
+            "loss_contrastive": s["loss_contrastive"] / masked * BITS,
+            "loss_diversity": s["loss_diversity"] / masked * BITS,
+            "loss_feature_penalty": s["loss_feature_penalty"] / masked * BITS,
+            "accuracy": s["correct"] / max(s["count"], 1),
+            "prob_perplexity": s["prob_perplexity"] / micro,
+            "code_perplexity": s["code_perplexity"] / micro,
+            "temperature": self.model.quantizer.curr_temp,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": s["grad_norm"] / max(updates - s["skipped_updates"] / world, 1) / world,
+            "skipped_updates_total": float(self.skipped_total.item()),
+            "loss_scale": float(self.loss_scale.item()),
+            "audio_s_per_s": audio_seconds / elapsed / world,
+            "frames_per_s": audio_seconds * 50 / elapsed / world,
+            "data_wait": data_wait / elapsed,
+            "masked_frames_per_update": s["sample_size"] / updates,
+            "crops_per_update": s["crops"] / updates,
+        }
+        metrics["diversity"] = metrics["loss_diversity"] / BITS / max(self.cfg.loss.diversity_weight, 1e-12)
+        mean_crop = s["audio_samples"] / max(s["crops"], 1)
+        flops_per_audio_s = train_flops_per_crop(self.cfg.model, int(mean_crop)) / (mean_crop / SAMPLE_RATE)
+        metrics["tflops_per_s"] = flops_per_audio_s * metrics["audio_s_per_s"] / 1e12
+        peak = peak_flops(self.env.device)
+        if peak:
+            metrics["mfu"] = metrics["tflops_per_s"] * 1e12 / peak
+        metrics["peak_memory_gb"] = _peak_memory_gb(self.env.device)
+        return metrics
+
+    def _report(self, metrics: dict[str, float], logger: MetricsLogger, progress: tqdm) -> None:
+        if not self.env.is_main:
+            return
+        progress.write(format_console_line(self.step, self.cfg.last_update, metrics))
+        with open(Path(self.cfg.run_dir) / "metrics.jsonl", "a") as history:
+            history.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        logger.log(self.step, {f"train/{k}": v for k, v in metrics.items()})
+        m = self.cfg.model
+        past_warmup = self.step > self.cfg.optim.warmup_updates
+        for alarm in collapse_alarms(metrics, m.num_negatives, m.latent_groups * m.latent_vars, past_warmup):
+            progress.write(f"WARNING collapse alarm: {alarm}")
+            logger.log(self.step, {"alarms/collapse": alarm})
+
+    def _check_nonfinite(self) -> None:
+        count = int(self.consecutive_nonfinite.item())
+        limit = self.cfg.optim.max_consecutive_nonfinite
+        if count >= limit:
+            raise NonFiniteError(
+                f"{count} consecutive updates had a non-finite loss or gradient (limit "
+                f"optim.max_consecutive_nonfinite={limit}); stopping without saving. Lower optim.lr, "
+                "set optim.clip_norm, or use bf16."
+            )
+
+    # -- stopping and saving -----------------------------------------------------------------------
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank if any rank received a stop signal (a host-side collective, no GPU sync)."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        if self.env.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.env.cpu_group)
+        return bool(flag.item())
+
+    def _save(self) -> Path:
+        self._check_nonfinite()
+        trainer_state = {
+            "step": self.step,
+            "scheduler": self.scheduler.state_dict(),
+            "loss_scale": self.loss_scale.cpu(),
+            "scale_growth": self.scale_growth.cpu(),
+            "skipped_total": self.skipped_total.cpu(),
+            "wandb_run_id": self.run_id,
+        }
+        rank_state = {"rng": self._rng_state(), "data": self.data.state_dict()}
+        path = self.checkpointer.save(self.step, self.wrapped, self.optimizer, trainer_state, rank_state)
+        if self.env.is_main:
+            tqdm.write(f"saved checkpoint {path}")
+        return path
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kilobytes / 2**20 if sys.platform != "darwin" else kilobytes / 2**30
+
+
+def run_training(cfg: TrainConfig, env: DistEnv) -> TrainResult:
+    if env.is_main:
+        log.info("training %s on %d rank(s), device %s", cfg.run_dir, env.world_size, env.device)
+    return Trainer(cfg, env).fit()
