@@ -63,7 +63,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xlsr.demo import run_demo
 
-    return run_demo(Path(args.out), nproc=args.nproc, overrides=args.overrides)
+    return run_demo(Path(args.out), nproc=args.nproc, overrides=args.overrides, corpus_scale=args.corpus_scale)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="demo_out", help="working directory (reused by later runs)")
     demo.add_argument("--nproc", type=int, default=2)
+    demo.add_argument("--corpus-scale", type=float, default=1.0, help="size of the generated corpus")
     demo.add_argument("overrides", nargs="*", help="overrides for configs/tiny.yaml")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -33,10 +33,10 @@ def _shard(corpus: Path, shards: Path) -> None:
         raise SystemExit(code)
 
 
-def run_demo(out: Path, nproc: int = 2, overrides: list[str] = ()) -> int:
+def run_demo(out: Path, nproc: int = 2, overrides: list[str] = (), corpus_scale: float = 1.0) -> int:
     out = out.resolve()
     print(f"== 1/4 corpus: {out / 'corpus'}")
-    generate_demo_corpus(out / "corpus")
+    generate_demo_corpus(out / "corpus", scale=corpus_scale)
     print(f"== 2/4 shards: {out / 'shards'}")
     _shard(out / "corpus", out / "shards")
     run_dir = out / "run"

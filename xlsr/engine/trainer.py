@@ -146,7 +146,7 @@ class Trainer:
         state = {
             "torch": torch.get_rng_state(),
             "generator": self.generator.get_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
         if self.env.device.type == "cuda":
@@ -156,7 +156,8 @@ class Trainer:
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         self.generator.set_state(state["generator"])
-        np.random.set_state(state["numpy"])
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
         random.setstate(state["python"])
         if "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.env.device)
@@ -465,6 +466,12 @@ class Trainer:
         if self.env.is_main:
             tqdm.write(f"saved checkpoint {path}")
         return path
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """numpy's legacy RNG state without arrays, so checkpoints load with ``weights_only=True``."""
+    kind, keys, *rest = state
+    return (kind, keys.tolist(), *rest)
 
 
 def _peak_memory_gb(device: torch.device) -> float:

