@@ -72,9 +72,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     started = time.monotonic()
     again = xlsr("demo", "--out", str(out), "--corpus-scale", "0.3", "optim.max_update=60")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert (
-        "update" not in again.stdout.split("== 3/4")[1].split("== 4/4")[0].replace("update ", "", 0) or True
-    )
+    assert "update 10/60" not in again.stdout  # resumed at the final checkpoint: nothing to redo
     assert time.monotonic() - started < 60
 
 
@@ -93,9 +91,6 @@ def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):
     second = xlsr("launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=20"))
     assert second.returncode == 0, second.stderr
     assert "resumed from" in second.stderr
-    assert metrics(split) == metrics(whole) or [m["loss"] for m in metrics(split)] == [
-        m["loss"] for m in metrics(whole)
-    ]
     keys = ("loss", "loss_contrastive", "accuracy", "prob_perplexity", "code_perplexity", "grad_norm", "lr")
     for a, b in zip(metrics(split), metrics(whole), strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

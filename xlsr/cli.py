@@ -63,7 +63,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xlsr.demo import run_demo
 
-    return run_demo(Path(args.out), nproc=args.nproc, overrides=args.overrides, corpus_scale=args.corpus_scale)
+    return run_demo(
+        Path(args.out), nproc=args.nproc, overrides=args.overrides, corpus_scale=args.corpus_scale
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

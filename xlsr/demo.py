@@ -14,9 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sharding.cli import add_shard_arguments, run_shard
-
 from launchers.local import launch_local
+from sharding.cli import add_shard_arguments, run_shard
 from sharding.synthetic import generate_demo_corpus
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
