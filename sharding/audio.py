@@ -1,0 +1,82 @@
+"""Decode one audio file to float32 mono at the training sample rate, or say precisely why not.
+
+Decoding uses `soundfile` (libsndfile: wav, flac, ogg vorbis/opus, mp3). torchaudio is used only for
+resampling: `torchaudio.load` needs torchcodec since torchaudio 2.9, `torchaudio.functional.resample`
+does not. Every way a file can be unusable is an `AudioError` with a short machine-readable `reason`,
+so the shard writer can skip and count bad files instead of failing a multi-hour job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+REASONS = ("unreadable", "empty", "nan", "too_short", "silent")
+# Below this peak amplitude (about -80 dBFS) a file holds no usable signal.
+SILENCE_PEAK = 1e-4
+
+
+class AudioError(Exception):
+    """A file that cannot be used; `reason` is one of `REASONS`, the message says the details."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown AudioError reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Mono float32 samples at the target rate, plus what the source file looked like."""
+
+    samples: np.ndarray
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+
+
+def decode_audio(
+    path: str | os.PathLike, target_sr: int = 16000, min_seconds: float = 0.25, drop_silent: bool = False
+) -> DecodedAudio:
+    """Read, downmix, resample and validate `path`; raise `AudioError` for unusable audio."""
+    try:
+        data, source_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types for broken or unsupported files
+        raise AudioError("unreadable", f"{path}: {type(exc).__name__}: {exc}") from None
+    frames, channels = data.shape
+    if frames == 0:
+        raise AudioError("empty", f"{path}: no audio frames")
+    if not np.isfinite(data).all():
+        raise AudioError("nan", f"{path}: contains NaN or infinite samples")
+    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    samples = resample(mono, source_sr, target_sr)
+    min_samples = round(min_seconds * target_sr)
+    if len(samples) < min_samples:
+        raise AudioError(
+            "too_short", f"{path}: {len(samples) / target_sr:.3f} s is shorter than {min_seconds} s"
+        )
+    if drop_silent and float(np.abs(samples).max()) < SILENCE_PEAK:
+        raise AudioError("silent", f"{path}: peak amplitude below {SILENCE_PEAK}")
+    return DecodedAudio(np.ascontiguousarray(samples), target_sr, int(source_sr), int(channels))
+
+
+def load_audio(
+    path: str | os.PathLike, target_sr: int = 16000, min_seconds: float = 0.25, drop_silent: bool = False
+) -> np.ndarray:
+    """Float32 mono samples of `path` at `target_sr`; raises `AudioError` (see `decode_audio`)."""
+    return decode_audio(path, target_sr, min_seconds, drop_silent).samples
+
+
+def resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited (windowed sinc) resampling of a 1-D float32 array."""
+    if source_sr == target_sr:
+        return samples
+    import torch  # imported here so that planning and tests that never resample stay light
+    import torchaudio.functional
+
+    waveform = torch.from_numpy(np.ascontiguousarray(samples))
+    return torchaudio.functional.resample(waveform, source_sr, target_sr).numpy()

@@ -1,0 +1,488 @@
+"""Tests for `sharding/`: real audio files, real tars, read back with webdataset. No mocks."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sharding.audio import AudioError, decode_audio, load_audio
+from sharding.cli import add_shard_arguments, add_stats_arguments, parse_size, run_shard, run_stats
+from sharding.manifest import (
+    SourceRecord,
+    import_common_voice,
+    import_mls,
+    import_voxpopuli,
+    load_records,
+    read_manifest,
+    scan_directory,
+)
+from sharding.stats import format_hours_table, load_index, plot_hours, stream_hours
+from sharding.synthetic import LANGUAGE_SECONDS, SAMPLE_RATES, generate_demo_corpus
+from sharding.writer import ShardWriterConfig, build_index, read_skipped, write_shards
+
+SCALE = 0.08  # about a minute of audio: enough for several shards per large stream, fast to shard
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", seed=0, scale=SCALE)
+
+
+def shard_config(out_dir: Path, **overrides) -> ShardWriterConfig:
+    return ShardWriterConfig(out_dir=out_dir, **{"shard_size_bytes": 400_000, **overrides})
+
+
+@pytest.fixture(scope="module")
+def sharded(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("shards")
+    index = write_shards(scan_directory(demo, "demo"), shard_config(out), progress=False)
+    return out, index
+
+
+def tars_of(out: Path) -> list[Path]:
+    return sorted(out.glob("*/*/shard-*.tar"))
+
+
+def read_samples(out: Path) -> list[dict]:
+    import webdataset as wds
+
+    urls = [str(p) for p in tars_of(out)]
+    return list(wds.WebDataset(urls, shardshuffle=False))
+
+
+def sine(freq: float, sr: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+
+
+def peak_frequency(x: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / sr)[spectrum.argmax()])
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifests and layouts
+
+
+def test_read_manifest_tsv_resolves_relative_paths(tmp_path: Path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(
+        "path\tlanguage\tcorpus\tspeaker\tduration\na/x.wav\ten\tcv\ts1\t2.5\n/abs/y.flac\tde\t\t\t\n\n"
+    )
+    records = read_manifest(manifest, default_corpus="mine")
+    assert records == [
+        SourceRecord(str(tmp_path / "a" / "x.wav"), "en", "cv", "s1", 2.5),
+        SourceRecord("/abs/y.flac", "de", "mine", None, None),
+    ]
+
+
+def test_read_manifest_jsonl(tmp_path: Path):
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"path": "x.wav", "language": "sw", "duration": 1},
+        {"path": "y.ogg", "language": "yo", "speaker": 7},
+    ]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    records = read_manifest(manifest)
+    assert [(r.language, r.corpus, r.speaker, r.duration) for r in records] == [
+        ("sw", "corpus", None, 1.0),
+        ("yo", "corpus", "7", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.tsv", "path\tlanguage\nx.wav\ten\ny.wav\t\n", r"bad\.tsv:3: missing required field 'language'"),
+        ("cols.tsv", "path\tlanguage\nx.wav\ten\textra\n", r"cols\.tsv:2: expected 2 tab-separated fields"),
+        ("hdr.tsv", "file\tlanguage\nx.wav\ten\n", r"hdr\.tsv:1: header has no 'path' column"),
+        (
+            "dur.jsonl",
+            '{"path": "x", "language": "en", "duration": "long"}\n',
+            r"dur\.jsonl:1: field 'duration'",
+        ),
+        ("json.jsonl", '{"path": "x", "language": "en"}\n{oops\n', r"json\.jsonl:2: invalid JSON"),
+        ("name.tsv", "path\tlanguage\nx.wav\ten.us\n", r"name\.tsv:2: bad language 'en\.us'"),
+    ],
+)
+def test_read_manifest_errors_name_file_line_and_field(tmp_path: Path, name: str, text: str, message: str):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path / name)
+
+
+def test_scan_directory_is_sorted_and_case_insensitive(tmp_path: Path):
+    for rel in ["en/b/2.WAV", "en/a/1.flac", "de/x.Mp3", "de/notes.txt", "en/c.ogg", ".hidden/z.wav"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    records = scan_directory(tmp_path, "c")
+    assert [(Path(r.path).relative_to(tmp_path).as_posix(), r.language) for r in records] == [
+        ("de/x.Mp3", "de"),
+        ("en/a/1.flac", "en"),
+        ("en/b/2.WAV", "en"),
+        ("en/c.ogg", "en"),
+    ]
+    assert {r.corpus for r in records} == {"c"}
+    with pytest.raises(FileNotFoundError):
+        scan_directory(tmp_path / "missing", "c")
+
+
+def touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_corpus_importers(tmp_path: Path):
+    cv = tmp_path / "cv"
+    (cv / "fr").mkdir(parents=True)
+    (cv / "fr" / "validated.tsv").write_text(
+        'client_id\tpath\tsentence\nspk1\ta.mp3\tIl a dit "oui"\nspk2\tb.mp3\tNon\n'
+    )
+    (cv / "fr" / "clip_durations.tsv").write_text("clip\tduration[ms]\na.mp3\t1500\n")
+    records = import_common_voice(cv)
+    assert [(Path(r.path).name, r.language, r.corpus, r.speaker, r.duration) for r in records] == [
+        ("a.mp3", "fr", "commonvoice", "spk1", 1.5),
+        ("b.mp3", "fr", "commonvoice", "spk2", None),
+    ]
+    assert import_common_voice(cv / "fr") == records  # ROOT may be a single language directory
+
+    mls = tmp_path / "mls"
+    touch(mls / "mls_german" / "train" / "audio" / "12" / "34" / "12_34_000.flac")
+    touch(mls / "mls_german" / "dev" / "audio" / "56" / "78" / "56_78_000.opus")
+    touch(mls / "mls_german" / "train" / "transcripts.txt")
+    records = import_mls(mls)
+    assert [(r.language, r.speaker, Path(r.path).suffix) for r in records] == [
+        ("german", "12", ".flac"),
+        ("german", "56", ".opus"),
+    ]
+
+    vox = tmp_path / "vox"
+    touch(vox / "it" / "2019" / "20190101-0900-PLENARY_it.ogg")
+    touch(vox / "it" / "2020" / "x.ogg")
+    assert [r.language for r in import_voxpopuli(vox)] == ["it", "it"]
+    assert load_records(vox, "voxpopuli", "vp")[0].corpus == "vp"
+    with pytest.raises(ValueError, match="unknown layout"):
+        load_records(vox, "tarball")
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@pytest.mark.parametrize(("extension", "subtype"), [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS")])
+def test_load_audio_formats(tmp_path: Path, extension: str, subtype: str):
+    path = tmp_path / f"x.{extension}"
+    sf.write(path, sine(300, 16000, 1.0), 16000, subtype=subtype)
+    audio = load_audio(path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - 16000) <= 64  # vorbis may pad a few samples
+    assert abs(peak_frequency(audio, 16000) - 300) < 2
+
+
+def test_load_audio_downmixes_stereo(tmp_path: Path):
+    left, right = sine(200, 16000, 0.5, 0.4), sine(200, 16000, 0.5, 0.2)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    decoded = decode_audio(tmp_path / "s.wav")
+    assert decoded.source_channels == 2
+    np.testing.assert_allclose(decoded.samples, (left + right) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("source_sr", [8000, 44100])
+def test_load_audio_resamples_to_16k(tmp_path: Path, source_sr: int):
+    sf.write(tmp_path / "r.wav", sine(440, source_sr, 2.0), source_sr, subtype="PCM_16")
+    decoded = decode_audio(tmp_path / "r.wav")
+    assert decoded.source_sample_rate == source_sr and decoded.sample_rate == 16000
+    assert len(decoded.samples) == 32000
+    assert abs(peak_frequency(decoded.samples, 16000) - 440) < 1.0
+
+
+def test_audio_error_reasons(tmp_path: Path):
+    (tmp_path / "corrupt.flac").write_bytes(np.random.default_rng(0).bytes(2000))
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = sine(100, 16000, 1.0)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", sine(100, 16000, 0.1), 16000)
+    sf.write(tmp_path / "silent.wav", np.full(16000, 1e-5, np.float32), 16000, subtype="FLOAT")
+    expected = {
+        "corrupt.flac": "unreadable",
+        "empty.wav": "empty",
+        "nan.wav": "nan",
+        "short.wav": "too_short",
+        "missing.wav": "unreadable",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(AudioError) as info:
+            load_audio(tmp_path / name)
+        assert info.value.reason == reason, name
+        assert name in str(info.value)
+    assert len(load_audio(tmp_path / "silent.wav")) == 16000  # silence is only dropped on request
+    with pytest.raises(AudioError) as info:
+        load_audio(tmp_path / "silent.wav", drop_silent=True)
+    assert info.value.reason == "silent"
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic demo corpus
+
+
+def test_demo_corpus_contents(demo: Path):
+    files = sorted(p for p in demo.rglob("*") if p.is_file() and p.name != ".complete")
+    languages = {p.relative_to(demo).parts[0] for p in files}
+    assert languages == set(LANGUAGE_SECONDS) and len(languages) >= 6
+    assert {p.suffix for p in files} == {".wav", ".flac", ".ogg"}
+    readable = [p for p in files if "corrupt" not in p.name]
+    infos = {p: sf.info(p) for p in readable}
+    assert {i.samplerate for i in infos.values()} == set(SAMPLE_RATES)
+    assert [p.name for p, i in infos.items() if i.channels == 2] == ["stereo_0000.wav"]
+    assert [p.name for p, i in infos.items() if i.duration < 0.25] == ["short_0000.wav"]
+    utterances = [i.duration for p, i in infos.items() if "_0" in p.name and "short" not in p.name]
+    assert all(1.5 <= d <= 8.0 for d in utterances)
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(demo / "yo" / "corrupt" / "corrupt_0000.flac")
+    seconds: dict[str, float] = dict.fromkeys(languages, 0.0)
+    for path, info in infos.items():
+        seconds[path.relative_to(demo).parts[0]] += info.duration
+    assert seconds["en"] > seconds["de"] > seconds["sw"] > seconds["mt"]  # deliberately unbalanced
+
+
+def test_demo_corpus_is_deterministic_and_idempotent(tmp_path: Path):
+    a = generate_demo_corpus(tmp_path / "a", seed=3, scale=0.03)
+    b = generate_demo_corpus(tmp_path / "b", seed=3, scale=0.03)
+    c = generate_demo_corpus(tmp_path / "c", seed=4, scale=0.03)
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in names:
+        if rel.suffix in (".wav", ".flac") and "corrupt" not in rel.name:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        elif rel.suffix == ".ogg":  # libsndfile picks a random Ogg stream serial: compare the audio
+            np.testing.assert_array_equal(sf.read(a / rel)[0], sf.read(b / rel)[0])
+    assert (a / "en" / "en00" / "en_0000.wav").read_bytes() != (
+        c / "en" / "en00" / "en_0000.wav"
+    ).read_bytes()
+    before = {p: p.stat().st_mtime_ns for p in a.rglob("*")}
+    assert generate_demo_corpus(a, seed=3, scale=0.03) == a
+    assert {p: p.stat().st_mtime_ns for p in a.rglob("*")} == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Shard writing
+
+
+def test_write_shards_end_to_end(demo: Path, sharded: tuple[Path, dict]):
+    out, index = sharded
+    assert json.loads((out / "index.json").read_text()) == index
+    assert index["version"] == 1 and index["sample_rate"] == 16000 and index["audio_format"] == "flac"
+    assert [s["path"] for s in index["shards"]] == sorted(p.relative_to(out).as_posix() for p in tars_of(out))
+    assert len(index["shards"]) > len(LANGUAGE_SECONDS)  # the larger streams span several shards
+
+    samples = read_samples(out)
+    metas = [json.loads(s["json"]) for s in samples]
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)) == index["totals"]["samples"]
+    assert all("." not in key and key == meta["key"] for key, meta in zip(keys, metas, strict=True))
+    seconds = sum(meta["duration"] for meta in metas)
+    assert seconds == pytest.approx(index["totals"]["seconds"])
+    assert sum(s["seconds"] for s in index["shards"]) == pytest.approx(seconds)
+    for shard in index["shards"]:
+        in_shard = [m for m, s in zip(metas, samples, strict=True) if s["__url__"].endswith(shard["path"])]
+        assert len(in_shard) == shard["samples"]
+        assert {(m["corpus"], m["language"]) for m in in_shard} == {(shard["corpus"], shard["language"])}
+    hours = index["totals"]["hours_by_language"]
+    assert set(hours) == set(LANGUAGE_SECONDS) and sum(hours.values()) == pytest.approx(seconds / 3600)
+
+    for sample, meta in zip(samples, metas, strict=True):
+        audio, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+        assert sr == 16000 and audio.ndim == 1 and len(audio) == meta["num_samples"]
+    stereo = [m for m in metas if m["source"].endswith("stereo_0000.wav")]
+    assert len(stereo) == 1 and stereo[0]["source_channels"] == 2 and stereo[0]["source_sample_rate"] == 44100
+    assert {m["source_sample_rate"] for m in metas} == set(SAMPLE_RATES)
+
+    skipped = {Path(row["path"]).name: row["reason"] for row in read_skipped(out)}
+    assert skipped == {"corrupt_0000.flac": "unreadable", "short_0000.wav": "too_short"}
+    assert index["skipped"] == {"count": 2, "by_reason": {"too_short": 1, "unreadable": 1}}
+
+
+def test_shards_are_deterministic_serial_vs_parallel(demo: Path, sharded: tuple[Path, dict], tmp_path: Path):
+    out, index = sharded
+    again = write_shards(scan_directory(demo, "demo"), shard_config(tmp_path, workers=2), progress=False)
+    assert again == index
+    for tar in tars_of(out):
+        assert tar.read_bytes() == (tmp_path / tar.relative_to(out)).read_bytes(), tar
+
+
+def test_resume_rewrites_only_missing_shard(demo: Path, sharded: tuple[Path, dict], tmp_path: Path):
+    out = tmp_path / "out"
+    shutil.copytree(sharded[0], out)
+    records = scan_directory(demo, "demo")
+    victim = tars_of(out)[1]
+    original = victim.read_bytes()
+    victim.unlink()
+    stale = victim.with_name(victim.name + ".tmp")
+    stale.write_bytes(b"half a tar")
+    with pytest.raises(RuntimeError, match=f"1 planned shard.*{victim.relative_to(out).as_posix()}"):
+        build_index(out)
+    untouched = [
+        p
+        for p in [*tars_of(out), *out.glob("*/*/shard-*.json")]
+        if p.with_suffix("") != victim.with_suffix("")
+    ]
+
+    def mtimes() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in untouched}
+
+    assert len(untouched) == 2 * len(sharded[1]["shards"]) - 2
+    before = mtimes()
+    index = write_shards(records, shard_config(out), progress=False)
+    assert index == sharded[1]
+    assert victim.read_bytes() == original and not stale.exists()
+    assert mtimes() == before  # other tars and sidecars were not rewritten
+
+
+def test_changed_settings_invalidate_finished_shards(demo: Path, sharded: tuple[Path, dict], tmp_path: Path):
+    out = tmp_path / "out"
+    shutil.copytree(sharded[0], out)
+    index = write_shards(scan_directory(demo, "demo"), shard_config(out, min_seconds=3.0), progress=False)
+    assert index["totals"]["samples"] < sharded[1]["totals"]["samples"]
+    assert index["skipped"]["by_reason"]["too_short"] > 1
+    # A new plan with fewer, larger shards: left-over shards of the old plan stay out of the index.
+    index = write_shards(
+        scan_directory(demo, "demo"), shard_config(out, shard_size_bytes=10**9), progress=False
+    )
+    assert [s["path"] for s in index["shards"]] == [
+        f"demo/{lang}/shard-000000.tar" for lang in sorted(LANGUAGE_SECONDS)
+    ]
+    assert index["totals"] == sharded[1]["totals"]
+
+
+def test_task_slicing_writes_disjoint_shards_and_merges(
+    demo: Path, sharded: tuple[Path, dict], tmp_path: Path
+):
+    records = scan_directory(demo, "demo")
+    cfg = shard_config(tmp_path)
+    parts = [write_shards(records, cfg, task_index=i, num_tasks=2, progress=False) for i in (0, 1)]
+    assigned = [set(p["assigned"]) for p in parts]
+    assert assigned[0] and assigned[1] and not assigned[0] & assigned[1]
+    assert not (tmp_path / "index.json").exists()
+    assert build_index(tmp_path) == sharded[1]
+    assert sorted(p.relative_to(tmp_path) for p in tars_of(tmp_path)) == sorted(
+        p.relative_to(sharded[0]) for p in tars_of(sharded[0])
+    )
+
+
+def test_max_seconds_splits_into_equal_segments_and_int16(tmp_path: Path):
+    (tmp_path / "in" / "en").mkdir(parents=True)
+    sf.write(tmp_path / "in" / "en" / "long.wav", sine(220, 16000, 9.0), 16000)
+    sf.write(tmp_path / "in" / "en" / "short.wav", sine(220, 16000, 3.0), 16000)
+    out = tmp_path / "out"
+    cfg = shard_config(out, max_seconds=4.0, audio_format="int16")
+    index = write_shards(scan_directory(tmp_path / "in", "c"), cfg, progress=False)
+    assert index["audio_format"] == "int16"
+    assert index["totals"]["seconds"] == pytest.approx(12.0)
+    by_source: dict[str, list[tuple[dict, bytes]]] = {}
+    for sample in read_samples(out):
+        meta = json.loads(sample["json"])
+        by_source.setdefault(Path(meta["source"]).name, []).append((meta, sample["s16"]))
+    # 9 s with at most 4 s per piece: three equal 3 s pieces, not 4 + 4 + 1.
+    long = sorted(by_source["long.wav"], key=lambda item: item[0]["segment"])
+    assert [m["segment"] for m, _ in long] == [0, 1, 2]
+    assert [m["num_samples"] for m, _ in long] == [48000, 48000, 48000]
+    assert [m["offset"] for m, _ in long] == [0.0, 3.0, 6.0]
+    assert all(len(audio) == 2 * m["num_samples"] for m, audio in long)
+    stitched = np.concatenate([np.frombuffer(audio, "<i2") for _, audio in long]) / 32767.0
+    np.testing.assert_allclose(stitched, sine(220, 16000, 9.0), atol=1e-4)
+    assert [m["segment"] for m, _ in by_source["short.wav"]] == [0]
+
+
+def test_duplicates_and_empty_streams(tmp_path: Path):
+    good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
+    sf.write(good, sine(100, 16000, 1.0), 16000)
+    bad.write_bytes(b"RIFF nonsense")
+    records = [
+        SourceRecord(str(good), "en", "c"),
+        SourceRecord(str(good), "en", "c"),
+        SourceRecord(str(bad), "xx", "c"),
+    ]
+    out = tmp_path / "out"
+    index = write_shards(records, shard_config(out), progress=False)
+    assert [s["path"] for s in index["shards"]] == ["c/en/shard-000000.tar"]  # xx had no usable audio
+    assert (out / "c" / "xx" / "shard-000000.json").is_file() and not (
+        out / "c" / "xx" / "shard-000000.tar"
+    ).exists()
+    assert index["skipped"] == {"count": 2, "by_reason": {"duplicate": 1, "unreadable": 1}}
+    assert write_shards(records, shard_config(out), progress=False) == index  # all complete: nothing redone
+
+
+# --------------------------------------------------------------------------------------------------
+# Stats and CLI
+
+
+def test_stats_table_and_plot(sharded: tuple[Path, dict], tmp_path: Path):
+    out, index = sharded
+    assert load_index(out) == load_index(out / "index.json") == index
+    hours = stream_hours(index)
+    assert set(hours) == {("demo", lang) for lang in LANGUAGE_SECONDS}
+    table = format_hours_table(index, 0.5, 0.5)
+    assert all(f"demo          {lang}" in table for lang in LANGUAGE_SECONDS)
+    png = plot_hours(index, tmp_path / "plots" / "h.png", 0.3, 0.5)
+    assert png.read_bytes().startswith(b"\x89PNG") and not list(png.parent.glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="no shard index"):
+        load_index(tmp_path)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid JSON index"):
+        load_index(tmp_path)
+
+
+def test_parse_size():
+    assert parse_size("1GB") == 10**9
+    assert parse_size("500MB") == 500 * 10**6
+    assert parse_size("2GiB") == 2 * 2**30
+    assert parse_size("123") == 123
+    assert parse_size("1.5g") == 1_500_000_000
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("lots")
+
+
+def test_cli_shard_and_stats(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    parser = add_shard_arguments(argparse.ArgumentParser())
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        [str(demo), str(out), "--corpus", "demo", "--shard-size", "500KB", "--no-progress"]
+    )
+    assert args.shard_size == 500_000 and args.layout is None
+    assert run_shard(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 2 files (too_short: 1, unreadable: 1) -> " in printed and "skipped.tsv" in printed
+    assert "corrupt_0000.flac\tunreadable" in printed and "short_0000.wav\ttoo_short" in printed
+    assert "sampled %" in printed and "mt" in printed
+
+    stats = add_stats_arguments(argparse.ArgumentParser())
+    assert run_stats(stats.parse_args([str(out / "index.json"), "--alpha", "0.3"])) == 0
+    assert (out / "hours.png").is_file() and str(out / "hours.png") in capsys.readouterr().out
+
+
+def test_cli_shard_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
+    parser = add_shard_arguments(argparse.ArgumentParser())
+    assert run_shard(parser.parse_args([str(tmp_path / "nope"), str(tmp_path / "out")])) == 2
+    assert "input not found" in capsys.readouterr().err
+    (tmp_path / "empty" / "en").mkdir(parents=True)
+    assert run_shard(parser.parse_args([str(tmp_path / "empty"), str(tmp_path / "out")])) == 2
+    assert "no audio files found" in capsys.readouterr().err
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tlanguage\nx.wav\n")
+    assert run_shard(parser.parse_args([str(manifest), str(tmp_path / "out")])) == 2
+    assert "m.tsv:2" in capsys.readouterr().err
+    stats = add_stats_arguments(argparse.ArgumentParser())
+    assert run_stats(stats.parse_args([str(tmp_path / "nowhere")])) == 2
+    assert not os.path.exists(tmp_path / "out" / "index.json")
