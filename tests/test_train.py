@@ -68,12 +68,31 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     wandb_dir = Path(summary["wandb_dir"])
     assert "offline-run" in str(wandb_dir) and list(wandb_dir.parent.glob("*.wandb"))
     assert f"checkpoint:      {summary['checkpoint']}" in text
+    # the checkpoint exports to a directory that Hugging Face transformers loads, with the same outputs
+    exported = xlsr("export", "--to", "hf", summary["checkpoint"], str(tmp_path / "hf"))
+    assert exported.returncode == 0, exported.stderr
+    assert_hf_matches(Path(summary["checkpoint"]), tmp_path / "hf")
     # a second run reuses the corpus, the shards and the finished training
     started = time.monotonic()
     again = xlsr("demo", "--out", str(out), "--corpus-scale", "0.3", "optim.max_update=60")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "update 10/60" not in again.stdout  # resumed at the final checkpoint: nothing to redo
     assert time.monotonic() - started < 60
+
+
+def assert_hf_matches(checkpoint: Path, hf_dir: Path) -> None:
+    import torch
+    from transformers import Wav2Vec2ForPreTraining
+
+    from xlsr.pretrained import load_pretrained
+
+    ours = load_pretrained(checkpoint)
+    theirs = Wav2Vec2ForPreTraining.from_pretrained(hf_dir).eval()
+    audio = torch.randn(2, 24_000)
+    with torch.no_grad():
+        hidden, _ = ours.encode(audio)
+        expected = theirs.wav2vec2(audio).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):

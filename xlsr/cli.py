@@ -45,7 +45,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from xlsr.model.export import export_checkpoint
+    from xlsr.pretrained import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out_dir, target=args.to)
     print(f"wrote {out}")
@@ -53,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from xlsr.model.export import import_checkpoint
+    from xlsr.pretrained import import_checkpoint
 
     out = import_checkpoint(args.source, args.out, source_format=getattr(args, "from"))
     print(f"wrote {out}; continue pretraining with checkpoint.init_from={out}")

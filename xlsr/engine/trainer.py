@@ -31,7 +31,7 @@ from tqdm import tqdm
 from xlsr.config import TrainConfig, atomic_write_text, save_config
 from xlsr.data.loader import DataStream
 from xlsr.data.stream import Batch
-from xlsr.engine.checkpoint import Checkpointer, complete_checkpoints, load_model_state
+from xlsr.engine.checkpoint import Checkpointer, complete_checkpoints
 from xlsr.engine.distributed import DistEnv
 from xlsr.engine.flops import SAMPLE_RATE, conv_output_lengths, peak_flops, train_flops_per_crop
 from xlsr.engine.metrics import BITS, MetricsLogger, collapse_alarms, format_console_line, wandb_run_id
@@ -133,12 +133,15 @@ class Trainer:
             log.info("resumed from %s at update %d", path, self.step)
 
     def _init_weights_from(self, path: str) -> None:
-        source = Path(path)
-        if source.is_dir():
-            state = load_model_state(source)
-        else:
-            state = torch.load(source, map_location="cpu", weights_only=True)["model"]
-        self.model.load_state_dict(state)
+        from xlsr.pretrained import load_model_weights
+
+        _, state = load_model_weights(path)
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"checkpoint.init_from={path} does not fit the configured model: {exc}"
+            ) from None
         if self.env.is_main:
             log.info("initialized weights from %s", path)
 
