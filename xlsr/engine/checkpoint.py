@@ -1,8 +1,8 @@
 """Checkpoints that never lose work.
 
 Layout of one checkpoint, ``<checkpoint_dir>/step-00001000/``:
-- DCP files (``.metadata``, ``__*_*.distcp``): model and optimizer, sharded as trained, and
-  reshardable to any world size on load;
+- the backend's model and optimizer state, sharded as trained: DCP files (``.metadata``,
+  ``__*_*.distcp``, reshardable to any world size on load) or DeepSpeed's own files;
 - ``trainer.pt``: step, scheduler, loss-scale and skip counters, W&B run id (rank 0);
 - ``rank-00003.pt``: that rank's RNG states and data-stream state;
 - ``config.yaml``: the resolved config; ``meta.json``: a human-readable summary.
@@ -21,16 +21,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from xlsr.config import TrainConfig, atomic_write_text, dump_config
 from xlsr.engine.distributed import DistEnv
+
+if TYPE_CHECKING:
+    from xlsr.engine.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for path in root.iterdir():
         match = STEP_DIR.match(path.name)
-        if match and (path / "trainer.pt").is_file() and (path / ".metadata").is_file():
+        if match and (path / "trainer.pt").is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -72,12 +72,7 @@ class Checkpointer:
         return path
 
     def save(
-        self,
-        step: int,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        trainer_state: dict[str, Any],
-        rank_state: dict[str, Any],
+        self, step: int, backend: Backend, trainer_state: dict[str, Any], rank_state: dict[str, Any]
     ) -> Path:
         final = self.root / step_dir_name(step)
         tmp = final.with_name(final.name + ".tmp")
@@ -85,14 +80,19 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+        backend.save(tmp)
         torch.save(rank_state, tmp / f"rank-{self.env.rank:05d}.pt")
         dist.barrier()
         if self.env.is_main:
-            torch.save({**trainer_state, "world_size": self.env.world_size}, tmp / "trainer.pt")
+            state = {**trainer_state, "backend": backend.state_dict(), "world_size": self.env.world_size}
+            torch.save(state, tmp / "trainer.pt")
             atomic_write_text(tmp / "config.yaml", dump_config(self.cfg))
-            meta = {"step": step, "world_size": self.env.world_size, "time": time.time()}
+            meta = {
+                "step": step,
+                "world_size": self.env.world_size,
+                "backend": self.cfg.distributed.backend,
+                "time": time.time(),
+            }
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -108,22 +108,22 @@ class Checkpointer:
             if step not in recent and not (keep_every and step % keep_every == 0):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def load(
-        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Restore model and optimizer (resharded if needed); returns trainer state and this rank's state.
+    def load(self, path: Path, backend: Backend) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Restore the backend (resharded if needed); returns trainer state and this rank's state.
 
         The rank state is None when the checkpoint was written by a different world size.
         """
-        model_state, optim_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        trainer_state = torch.load(path / "trainer.pt", weights_only=True)
+        backend.load(path)
+        trainer_state = read_trainer_state(path)
+        backend.load_state_dict(trainer_state["backend"])
         rank_file = path / f"rank-{self.env.rank:05d}.pt"
         same_world = trainer_state["world_size"] == self.env.world_size
         rank_state = torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
         return trainer_state, rank_state
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / "trainer.pt", weights_only=True)
 
 
 def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,9 +28,12 @@ class Adam(torch.optim.Optimizer):
     ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fairseq_eps=fairseq_eps)
         super().__init__(params, defaults)
+        # Set by a caller that cannot pass ``skip`` (DeepSpeed calls ``step()`` itself).
+        self.pending_skip: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure=None, skip: torch.Tensor | None = None):  # type: ignore[override]
+        skip, self.pending_skip = (skip if skip is not None else self.pending_skip), None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:

@@ -31,12 +31,12 @@ from tqdm import tqdm
 from xlsr.config import TrainConfig, atomic_write_text, save_config
 from xlsr.data.loader import DataStream
 from xlsr.data.stream import Batch
-from xlsr.engine.checkpoint import Checkpointer, complete_checkpoints
+from xlsr.engine.backends import build_backend
+from xlsr.engine.checkpoint import Checkpointer, complete_checkpoints, read_trainer_state
 from xlsr.engine.distributed import DistEnv
 from xlsr.engine.flops import SAMPLE_RATE, conv_output_lengths, peak_flops, train_flops_per_crop
 from xlsr.engine.metrics import BITS, MetricsLogger, collapse_alarms, format_console_line, wandb_run_id
-from xlsr.engine.optim import build_optimizer, build_scheduler
-from xlsr.engine.parallel import PRECISION_DTYPES, parallelize
+from xlsr.engine.parallel import PRECISION_DTYPES
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import compute_mask_indices
 from xlsr.model.wav2vec2 import Wav2Vec2Model
@@ -79,25 +79,18 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, data: DataStream | None = None):
         self.cfg, self.env = cfg, env
+        self.checkpointer = Checkpointer(cfg, env)
+        self.resume_from = self.checkpointer.resume_path()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = Wav2Vec2Model(cfg.model).to(env.device)
-        frozen_encoder = cfg.model.feature_grad_mult == 0
-        self.wrapped = parallelize(
-            self.model,
-            cfg.distributed,
-            env,
-            find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder,
-        )
-        self.optimizer = build_optimizer(self.wrapped.parameters(), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
-        self.data = DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
-        self.checkpointer = Checkpointer(cfg, env)
-        self.generator = torch.Generator(env.device).manual_seed(cfg.seed * 7919 + env.rank)
+        if self.resume_from is None and cfg.checkpoint.init_from:
+            self._init_weights_from(cfg.checkpoint.init_from)  # before any sharding
+        resume_world = read_trainer_state(self.resume_from)["world_size"] if self.resume_from else None
+        self.backend = build_backend(self.model, cfg, env, resume_world)
+        self.data = data or DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
         self.step = 0
-        self.loss_scale = torch.ones((), device=env.device)
-        self.scale_growth = torch.zeros((), device=env.device)
         self.consecutive_nonfinite = torch.zeros((), device=env.device)
         self.skipped_total = torch.zeros((), device=env.device)
         self.sums = torch.zeros(len(SUM_KEYS), device=env.device)
@@ -107,27 +100,20 @@ class Trainer:
     # -- setup --------------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Resume from the newest complete checkpoint, or start fresh (optionally from imported weights)."""
-        path = self.checkpointer.resume_path()
+        """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
+        path = self.resume_from
         if path is None:
-            if self.cfg.checkpoint.init_from:
-                self._init_weights_from(self.cfg.checkpoint.init_from)
             self.run_id = wandb_run_id(self.cfg) if self.env.is_main else None
             return
-        trainer_state, rank_state = self.checkpointer.load(path, self.wrapped, self.optimizer)
+        trainer_state, rank_state = self.checkpointer.load(path, self.backend)
         self.step = trainer_state["step"]
-        self.scheduler.load_state_dict(trainer_state["scheduler"])
-        for name in ("loss_scale", "scale_growth", "skipped_total"):
-            getattr(self, name).copy_(trainer_state[name])
+        self.skipped_total.copy_(trainer_state["skipped_total"])
         self.run_id = trainer_state.get("wandb_run_id")
         if rank_state is not None:
             self._set_rng_state(rank_state["rng"])
             self.data.load_state_dict(rank_state["data"], updates_done=self.step)
         else:
-            log.warning(
-                "checkpoint %s was written by another world size: RNG and data streams re-seeded", path
-            )
-            self.generator.manual_seed(self.cfg.seed * 7919 + self.env.rank + 104_729 * self.step)
+            log.warning("checkpoint %s was written by another world size: data streams re-seeded", path)
             self.data.load_state_dict({"world_size": -1, "workers": -1, "seed": None}, updates_done=self.step)
         if self.env.is_main:
             log.info("resumed from %s at update %d", path, self.step)
@@ -148,7 +134,6 @@ class Trainer:
     def _rng_state(self) -> dict[str, Any]:
         state = {
             "torch": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
@@ -158,7 +143,6 @@ class Trainer:
 
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
-        self.generator.set_state(state["generator"])
         kind, keys, *rest = state["numpy"]
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
         random.setstate(state["python"])
@@ -252,37 +236,43 @@ class Trainer:
         started = time.perf_counter()
         batches = [next(self.data) for _ in range(cfg.optim.update_freq)]
         data_wait = time.perf_counter() - started
-        prepared = [self._prepare(batch) for batch in batches]
-        total_masked = torch.stack([masks.sum() for _, _, masks in prepared]).sum().float()
+        first_micro = self.env.rank * cfg.optim.update_freq
+        prepared = [self._prepare(batch, first_micro + index) for index, batch in enumerate(batches)]
+        total_masked = torch.stack([masks.sum() for _, _, masks, _ in prepared]).sum().float()
         dist.all_reduce(total_masked)
-        # Loss sums are scaled so that DDP/FSDP's average over ranks yields Σ∂L / N_total.
-        loss_factor = self.env.world_size * self.loss_scale / total_masked.clamp(min=1)
+        # Loss sums are scaled so that the backends' average over ranks yields Σ∂L / N_total.
+        loss_factor = self.env.world_size * self.backend.loss_multiplier() / total_masked.clamp(min=1)
         layer_keep = self._layer_keep()
         losses = []
-        for index, (source, padding_mask, masks) in enumerate(prepared):
-            last_micro = index == len(prepared) - 1
-            sync = (
-                contextlib.nullcontext()
-                if last_micro or not hasattr(self.wrapped, "no_sync")
-                else self.wrapped.no_sync()
-            )
-            with sync, self._autocast():
-                output = self.wrapped(
-                    source, padding_mask, mask_indices=masks, generator=self.generator, layer_keep=layer_keep
+        for index, (source, padding_mask, masks, generator) in enumerate(prepared):
+            with self.backend.micro_batch(last=index == len(prepared) - 1), self._autocast():
+                output = self.backend.module(
+                    source, padding_mask, mask_indices=masks, generator=generator, layer_keep=layer_keep
                 )
                 loss, _, metrics = pretraining_loss(output, cfg.loss)
-                (loss * loss_factor).backward()
+                self.backend.backward(loss * loss_factor)
             losses.append(loss.detach())
             self._accumulate(loss.detach(), metrics, source, padding_mask)
-        found_inf = self._finish_gradients(torch.stack(losses).sum())
-        self.optimizer.step(skip=found_inf)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        found_inf, grad_norm = self.backend.update(torch.stack(losses).sum())
+        self.consecutive_nonfinite.mul_(found_inf).add_(found_inf.float())
+        self.skipped_total.add_(found_inf.float())
+        self.sums[SUM_KEYS.index("grad_norm")] += torch.where(found_inf, 0.0, grad_norm)
+        self.sums[SUM_KEYS.index("skipped_updates")] += found_inf.float()
         return data_wait
 
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Move a batch to the device and draw its time masks (fairseq semantics, on the device)."""
+    def _prepare(
+        self, batch: Batch, micro_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Generator]:
+        """Move a batch to the device and draw its time masks (fairseq semantics, on the device).
+
+        Masks, negatives and Gumbel noise come from a generator seeded by (seed, update, index of the
+        micro-batch in the global batch): they do not depend on how the global batch is split over
+        ranks and micro-batches, and need no checkpointed state.
+        """
         device = self.env.device
+        generator = torch.Generator(device).manual_seed(
+            (self.cfg.seed * 1_000_003 + self.step) * 10_007 + micro_index
+        )
         source = batch.source.to(device, non_blocking=True)
         padding_mask = (
             None if batch.padding_mask is None else batch.padding_mask.to(device, non_blocking=True)
@@ -296,10 +286,10 @@ class Trainer:
             m.mask_length,
             m.mask_min_masks,
             m.require_same_masks,
-            generator=self.generator,
+            generator=generator,
             device=device,
         )
-        return source, padding_mask, masks
+        return source, padding_mask, masks, generator
 
     def _layer_keep(self) -> list[bool] | None:
         """Layer-drop decisions shared by all ranks (FSDP needs every rank to run the same layers)."""
@@ -313,45 +303,9 @@ class Trainer:
 
     def _autocast(self):
         precision = self.cfg.distributed.precision
-        if precision == "fp32" or self.cfg.distributed.backend == "fsdp":
-            return contextlib.nullcontext()  # FSDP's mixed-precision policy casts parameters itself
+        if precision == "fp32" or self.cfg.distributed.backend != "ddp":
+            return contextlib.nullcontext()  # FSDP's policy and DeepSpeed cast parameters themselves
         return torch.autocast(self.env.device.type, dtype=PRECISION_DTYPES[precision])
-
-    def _finish_gradients(self, loss_sum: torch.Tensor) -> torch.Tensor:
-        """Unscale (fp16), measure and clip the gradient; returns the device-side 'skip' flag."""
-        params = [p for p in self.wrapped.parameters() if p.grad is not None]
-        grads = [p.grad for p in params]
-        if self.cfg.distributed.precision == "fp16":
-            torch._foreach_div_(grads, self.loss_scale)
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        if self.cfg.optim.clip_norm > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.clip_norm, norm, foreach=True)
-        found_inf = ~(torch.isfinite(norm) & torch.isfinite(loss_sum))
-        if self.env.world_size > 1:  # a NaN loss on one rank must skip the update everywhere
-            flag = found_inf.float()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            found_inf = flag > 0
-        self._update_loss_scale(found_inf)
-        self.consecutive_nonfinite.mul_(found_inf).add_(found_inf.float())
-        self.skipped_total.add_(found_inf.float())
-        self.sums[SUM_KEYS.index("grad_norm")] += torch.where(found_inf, 0.0, norm.float())
-        self.sums[SUM_KEYS.index("skipped_updates")] += found_inf.float()
-        return found_inf
-
-    def _update_loss_scale(self, found_inf: torch.Tensor) -> None:
-        """Dynamic fp16 loss scaling on the device: halve on overflow, double after a clean window."""
-        if self.cfg.distributed.precision != "fp16":
-            return
-        window = max(1, 2**14 // (self.env.world_size * self.cfg.optim.update_freq))
-        grown = self.scale_growth + 1 >= window
-        self.loss_scale.copy_(
-            torch.where(
-                found_inf, self.loss_scale / 2, torch.where(grown, self.loss_scale * 2, self.loss_scale)
-            )
-        )
-        self.scale_growth.copy_(torch.where(found_inf | grown, 0.0, self.scale_growth + 1))
 
     def _accumulate(self, loss, metrics, source, padding_mask) -> None:
         audio = source.new_tensor(source.numel()) if padding_mask is None else (~padding_mask).sum()
@@ -402,10 +356,10 @@ class Trainer:
             "prob_perplexity": s["prob_perplexity"] / micro,
             "code_perplexity": s["code_perplexity"] / micro,
             "temperature": self.model.quantizer.curr_temp,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.backend.lr(),
             "grad_norm": s["grad_norm"] / max(updates - s["skipped_updates"] / world, 1) / world,
             "skipped_updates_total": float(self.skipped_total.item()),
-            "loss_scale": float(self.loss_scale.item()),
+            "loss_scale": self.backend.loss_scale(),
             "audio_s_per_s": audio_seconds / elapsed / world,
             "frames_per_s": audio_seconds * 50 / elapsed / world,
             "data_wait": data_wait / elapsed,
@@ -458,14 +412,11 @@ class Trainer:
         self._check_nonfinite()
         trainer_state = {
             "step": self.step,
-            "scheduler": self.scheduler.state_dict(),
-            "loss_scale": self.loss_scale.cpu(),
-            "scale_growth": self.scale_growth.cpu(),
             "skipped_total": self.skipped_total.cpu(),
             "wandb_run_id": self.run_id,
         }
         rank_state = {"rng": self._rng_state(), "data": self.data.state_dict()}
-        path = self.checkpointer.save(self.step, self.wrapped, self.optimizer, trainer_state, rank_state)
+        path = self.checkpointer.save(self.step, self.backend, trainer_state, rank_state)
         if self.env.is_main:
             tqdm.write(f"saved checkpoint {path}")
         return path

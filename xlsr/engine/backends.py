@@ -1,0 +1,158 @@
+"""Update backends: how micro-batch losses become parameter updates, and how that state is saved.
+
+- `TorchBackend`: DDP or FSDP2 (applied by `xlsr.engine.parallel`), xlsr's Adam and LR schedule,
+  a device-side fp16 loss scaler, and DCP checkpoints (reshardable to any world size).
+- `DeepSpeedBackend` (`xlsr.engine.deepspeed_backend`): ZeRO stages 1-3 with DeepSpeed's own
+  partitioning, reduction, loss scaling and checkpoint format.
+
+The trainer sees only the methods below. Both skip a non-finite update on the device: the
+optimizer's ``pending_skip`` flag is set before the step and the parameters stay untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from xlsr.config import TrainConfig
+from xlsr.engine.distributed import DistEnv
+from xlsr.engine.optim import build_optimizer, build_scheduler
+from xlsr.engine.parallel import parallelize
+
+
+class Backend(Protocol):
+    module: nn.Module  # what the trainer calls for the forward pass
+
+    # Multiplies each micro-batch loss before backward (loss scale; accumulation correction).
+    def loss_multiplier(self) -> torch.Tensor | float: ...
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def update(self, loss_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the accumulated gradient; returns (skipped flag, gradient norm) as device tensors."""
+        ...
+
+    def lr(self) -> float: ...
+
+    def loss_scale(self) -> float: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:
+    """True on every rank if ``flag`` is true on any rank (stays on the device)."""
+    if world_size == 1:
+        return flag
+    value = flag.float()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value > 0
+
+
+class TorchBackend:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        frozen_encoder = cfg.model.feature_grad_mult == 0
+        self.module = parallelize(
+            model, cfg.distributed, env,
+            find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder,
+        )  # fmt: skip
+        self.optimizer = build_optimizer(self.module.parameters(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.fp16 = cfg.distributed.precision == "fp16"
+        self.scale = torch.ones((), device=env.device)
+        self.scale_growth = torch.zeros((), device=env.device)
+        if self.fp16:  # fairseq's fp16_init_scale
+            self.scale.fill_(128.0)
+
+    def loss_multiplier(self) -> torch.Tensor:
+        return self.scale
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        if last or not hasattr(self.module, "no_sync"):
+            return contextlib.nullcontext()
+        return self.module.no_sync()  # DDP: all-reduce only once per update
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def update(self, loss_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.fp16:
+            torch._foreach_div_(grads, self.scale)
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+            norm = norm.full_tensor()
+        if self.cfg.optim.clip_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.clip_norm, norm, foreach=True)
+        # A NaN loss on one rank must skip the update everywhere.
+        found_inf = any_rank(~(torch.isfinite(norm) & torch.isfinite(loss_sum)), self.env.world_size)
+        self._update_scale(found_inf)
+        self.optimizer.step(skip=found_inf)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return found_inf, norm.float()
+
+    def _update_scale(self, found_inf: torch.Tensor) -> None:
+        """Dynamic fp16 loss scaling on the device: halve on overflow, double after a clean window."""
+        if not self.fp16:
+            return
+        window = max(1, 2**14 // (self.env.world_size * self.cfg.optim.update_freq))
+        grown = self.scale_growth + 1 >= window
+        doubled = torch.where(grown, self.scale * 2, self.scale)
+        self.scale.copy_(torch.where(found_inf, self.scale / 2, doubled))
+        self.scale_growth.copy_(torch.where(found_inf | grown, 0.0, self.scale_growth + 1))
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def loss_scale(self) -> float:
+        return float(self.scale)
+
+    def save(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
+
+    def load(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(directory))  # reshards to this world size
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "loss_scale": self.scale.cpu(),
+            "scale_growth": self.scale_growth.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scale.copy_(state["loss_scale"])
+        self.scale_growth.copy_(state["scale_growth"])
+
+
+def build_backend(model: nn.Module, cfg: TrainConfig, env: DistEnv, resume_world_size: int | None) -> Backend:
+    """The backend named by ``distributed.backend``; ``resume_world_size`` is that of the checkpoint."""
+    if cfg.distributed.backend == "deepspeed":
+        from xlsr.engine.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(model, cfg, env, resume_world_size)
+    return TorchBackend(model, cfg, env)
