@@ -23,8 +23,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_local(nproc: int, train_args: list[str], grace_s: float = 30.0, env: dict | None = None) -> int:
-    """Run ``xlsr train <train_args>`` in ``nproc`` processes; returns the job's exit code."""
+def launch_local(
+    nproc: int,
+    train_args: list[str],
+    grace_s: float = 30.0,
+    env: dict | None = None,
+    entry: tuple[str, ...] = ("-m", "xlsr", "train"),
+) -> int:
+    """Run ``python <entry> <train_args>`` in ``nproc`` processes; returns the job's exit code."""
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
     base_env = {**os.environ, **(env or {})}
@@ -38,7 +44,7 @@ def launch_local(nproc: int, train_args: list[str], grace_s: float = 30.0, env: 
     base_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "xlsr", "train", *train_args],
+            [sys.executable, *entry, *train_args],
             env={**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
         )
         for rank in range(nproc)

@@ -58,7 +58,7 @@ def test_overrides_are_typed():
         ("optimizer.lr=1e-3", "unknown key 'optimizer'"),
         ("optim.lr=fast", "'optim.lr' must be float"),
         ("data.max_tokens=1.5", "'data.max_tokens' must be int"),
-        ("distributed.backend=horovod", "'distributed.backend' must be one of ['ddp', 'fsdp']"),
+        ("distributed.backend=horovod", "'distributed.backend' must be one of ['ddp', 'fsdp', 'deepspeed']"),
         ("model.latent_temp=[1,2]", "'model.latent_temp' must have 3 entries"),
         ("model.dropout", "must look like section.key=value"),
         ("optim.lr.x=1", "'lr' is not a section"),

@@ -128,9 +128,11 @@ class OptimConfig:
 class DistributedConfig:
     """Parallelism and precision; applied to the plain model by xlsr.engine.parallel."""
 
-    backend: Literal["ddp", "fsdp"] = "ddp"
+    backend: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     fsdp_sharding: Literal["full", "hybrid"] = "full"
+    # DeepSpeed ZeRO stage: 1 = optimizer state, 2 = + gradients, 3 = + parameters partitioned.
+    zero_stage: Literal[1, 2, 3] = 2
     # "none", "layers" (every k-th transformer layer) or "layers+conv" (also the conv encoder).
     activation_checkpointing: Literal["none", "layers", "layers+conv"] = "none"
     activation_checkpointing_every: int = 1

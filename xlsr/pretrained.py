@@ -1,7 +1,7 @@
 """Pretrained weights in and out: the Python API behind `xlsr export` and `xlsr import`.
 
 Formats it reads (``load_model_weights``):
-- an xlsr training checkpoint, ``<run>/checkpoints/step-N/`` (DCP shards + config.yaml);
+- an xlsr training checkpoint, ``<run>/checkpoints/step-N/`` (DCP or DeepSpeed files + config.yaml);
 - an xlsr model file written by `xlsr import` (``.pt``: {"format": "xlsr-model", "model_config",
   "model"}), which ``checkpoint.init_from`` accepts to continue pretraining;
 - a Hugging Face ``Wav2Vec2ForPreTraining`` directory (config.json + safetensors or .bin);
@@ -40,7 +40,7 @@ XLSR_MODEL_FORMAT = "xlsr-model"
 def load_model_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, full state dict) of any supported checkpoint, on the CPU."""
     path = Path(path)
-    if path.is_dir() and (path / ".metadata").is_file():
+    if path.is_dir() and (path / "trainer.pt").is_file():
         return load_config(path / "config.yaml").model, load_model_state(path)
     if path.is_dir() and (path / "config.json").is_file():
         return _load_hf(path)

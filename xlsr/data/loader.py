@@ -146,14 +146,21 @@ class DataStream:
             self.dataset.slot_states = {int(k): v for k, v in state["slots"].items()}
             self.batches_consumed = state["batches_consumed"]
             return
+        self.reseed(
+            updates_done,
+            f"data topology changed (world size {state['world_size']} -> {self.world_size}, "
+            f"workers {state['workers']} -> {self.workers})",
+        )
+
+    def reseed(self, updates_done: int, reason: str) -> None:
+        """Restart with a fresh deterministic seed: used when slot positions cannot carry over."""
+        if self._iterator is not None:
+            raise RuntimeError("reseed must be called before iterating")
         new_seed = (self.seed * 1_000_003 + updates_done) % (2**31)
         log.warning(
-            "data topology changed (world size %s -> %s, workers %s -> %s): the data stream restarts "
-            "with a new deterministic seed %d; positions of the old stream are not carried over",
-            state["world_size"],
-            self.world_size,
-            state["workers"],
-            self.workers,
+            "%s: the data stream restarts with a new deterministic seed %d; positions of the old "
+            "stream are not carried over",
+            reason,
             new_seed,
         )
         self.seed = new_seed

@@ -131,6 +131,12 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     path = Path(path)
+    if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text())[
+        "backend"
+    ] == "deepspeed":
+        from xlsr.engine.deepspeed_backend import load_fp32_model_state
+
+        return load_fp32_model_state(path)
     if not (path / ".metadata").is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint directory (no .metadata)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -113,8 +113,11 @@ class Trainer:
             self._set_rng_state(rank_state["rng"])
             self.data.load_state_dict(rank_state["data"], updates_done=self.step)
         else:
-            log.warning("checkpoint %s was written by another world size: data streams re-seeded", path)
-            self.data.load_state_dict({"world_size": -1, "workers": -1, "seed": None}, updates_done=self.step)
+            reason = f"checkpoint {path.name} was written by {trainer_state['world_size']} ranks"
+            log.warning(
+                "%s, resuming on %d: model and optimizer state resharded", reason, self.env.world_size
+            )
+            self.data.reseed(self.step, reason)
         if self.env.is_main:
             log.info("resumed from %s at update %d", path, self.step)
 

@@ -1,0 +1,198 @@
+"""The training engine with real processes (gloo): backends agree, resharded resume, NaN, failures,
+activation checkpointing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlsr.config import DataConfig, DistributedConfig, load_config
+from xlsr.data.loader import DataStream
+from xlsr.engine.checkpoint import complete_checkpoints, load_model_state
+from xlsr.engine.parallel import apply_activation_checkpointing
+from xlsr.model.loss import pretraining_loss
+from xlsr.model.masking import compute_mask_indices
+from xlsr.model.wav2vec2 import Wav2Vec2Model
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "engine_worker.py"
+UPDATES = 6
+COMPARED = ("loss", "loss_contrastive", "loss_diversity", "accuracy", "prob_perplexity", "code_perplexity")
+
+
+@pytest.fixture(scope="module")
+def global_batches(demo_index, tmp_path_factory) -> Path:
+    """2 x UPDATES real, collated micro-batches of the demo corpus."""
+    cfg = DataConfig(
+        train=[str(demo_index)], max_tokens=64_000, max_sample_size=32_000, min_sample_size=16_000,
+        num_workers=0, shuffle_buffer=8, bucket_buffer=8, num_buckets=2, normalize=True,
+    )  # fmt: skip
+    stream = DataStream(cfg, seed=0)
+    batches = []
+    for _ in range(2 * UPDATES):
+        batch = next(stream)
+        batches.append(
+            {"source": batch.source, "padding_mask": batch.padding_mask, "num_samples": batch.num_samples}
+        )
+    path = tmp_path_factory.mktemp("batches") / "batches.pt"
+    torch.save(batches, path)
+    return path
+
+
+def run_job(
+    batches: Path, run_dir: Path, nproc: int, *overrides: str, worker_args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    train = [
+        "--config", str(ROOT / "configs/tiny.yaml"), f"run_dir={run_dir}", "distributed.precision=fp32",
+        f"optim.max_update={UPDATES}", "optim.warmup_updates=2", "logging.interval=1",
+        "logging.wandb_mode=disabled", "logging.progress=false", "data.num_workers=0", *overrides,
+    ]  # fmt: skip
+    argv = [str(batches), *worker_args, "--", *train]
+    code = (
+        "import sys; from launchers.local import launch_local; "
+        f"sys.exit(launch_local({nproc}, sys.argv[1:], grace_s=10, entry=({str(WORKER)!r},)))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+
+
+def losses(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: json.loads(line)[k] for k in ("step", *COMPARED)} for line in lines]
+
+
+def assert_trajectories_close(actual: list[dict], expected: list[dict], rtol: float = 2e-4) -> None:
+    assert [m["step"] for m in actual] == [m["step"] for m in expected]
+    for a, e in zip(actual, expected, strict=True):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(e[key], rel=rtol, abs=1e-6), (a["step"], key, a[key], e[key])
+
+
+@pytest.fixture(scope="module")
+def reference(global_batches, tmp_path_factory) -> list[dict]:
+    """Single-process training on the global batch (2 micro-batches per update)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = run_job(global_batches, run_dir, 1, "optim.update_freq=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return losses(run_dir)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        ("distributed.backend=ddp",),
+        ("distributed.backend=fsdp",),
+        ("distributed.backend=fsdp", "distributed.fsdp_sharding=hybrid"),
+        ("distributed.backend=deepspeed", "distributed.zero_stage=2"),
+        ("distributed.backend=deepspeed", "distributed.zero_stage=3"),
+    ],
+    ids=["ddp", "fsdp", "fsdp-hybrid", "zero2", "zero3"],
+)
+def test_two_process_backends_match_single_process(global_batches, reference, tmp_path, backend):
+    result = run_job(global_batches, tmp_path / "run", 2, *backend)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_trajectories_close(losses(tmp_path / "run"), reference)
+    assert math.isfinite(reference[-1]["loss"]) and reference[-1]["loss"] < reference[0]["loss"] + 0.5
+
+
+@pytest.mark.parametrize(
+    ("backend", "first", "second"),
+    [("ddp", 2, 1), ("fsdp", 1, 2), ("deepspeed", 2, 1)],
+    ids=["ddp-2to1", "fsdp-1to2", "zero2-2to1"],
+)
+def test_resume_on_another_world_size_continues_the_same_run(
+    global_batches, reference, tmp_path, backend, first, second
+):
+    run_dir = tmp_path / "run"
+    common = (f"distributed.backend={backend}", "checkpoint.interval_updates=3")
+    freq = {1: "optim.update_freq=2", 2: "optim.update_freq=1"}
+    result = run_job(global_batches, run_dir, first, *common, freq[first], "stop_at_update=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dump = tmp_path / "restored.json"
+    result = run_job(
+        global_batches, run_dir, second, *common, freq[second], worker_args=("--dump-params", str(dump))
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr and "written by" in result.stderr
+    if backend != "deepspeed":  # the resharded weights are exactly the saved ones
+        saved = load_model_state(run_dir / "checkpoints" / "step-00000003")
+        restored = json.loads(dump.read_text())
+        assert restored == {name: float(t.double().sum()) for name, t in saved.items()}
+    assert_trajectories_close(losses(run_dir), reference)
+
+
+def test_non_finite_update_is_skipped_and_counted(global_batches, tmp_path):
+    result = run_job(global_batches, tmp_path / "run", 2, worker_args=("--nan-at", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_updates_total"] for m in history] == [0, 0, 1, 1, 1, 1]
+    assert all(math.isfinite(m["loss"]) for m in history[3:])
+    step, path = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert step == UPDATES
+    assert all(torch.isfinite(t).all() for t in load_model_state(path).values())
+
+
+def test_too_many_non_finite_updates_stop_without_saving(global_batches, tmp_path):
+    result = run_job(
+        global_batches, tmp_path / "run", 2, "optim.max_consecutive_nonfinite=2",
+        worker_args=("--nan-at", "1,2,3,4,5"),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "consecutive updates had a non-finite loss or gradient" in result.stderr
+    assert complete_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_a_dead_rank_fails_the_job_quickly_with_its_error(global_batches, tmp_path):
+    started = time.monotonic()
+    result = run_job(
+        global_batches, tmp_path / "run", 2, "distributed.timeout_s=60",
+        worker_args=("--fail-rank", "1", "--fail-at", "2"),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "injected failure on rank 1 at update 2" in result.stderr
+    assert time.monotonic() - started < 120
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.encoder_layers=3"]).model
+    torch.manual_seed(0)
+    source = torch.randn(2, 32_000)
+    saved_bytes, grads, results = [], [], []
+    for policy in ("none", "layers+conv"):
+        torch.manual_seed(1)
+        model = Wav2Vec2Model(cfg)
+        apply_activation_checkpointing(model, DistributedConfig(activation_checkpointing=policy))
+        masks = compute_mask_indices(
+            (2, 99), None, 0.65, 10, 2, True, generator=torch.Generator().manual_seed(0)
+        )
+        total = [0]
+
+        def pack(tensor, total=total):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(source, mask_indices=masks, generator=torch.Generator().manual_seed(2))
+            loss, _, _ = pretraining_loss(out, load_config(ROOT / "configs/tiny.yaml").loss)
+        loss.backward()
+        saved_bytes.append(total[0])
+        results.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert saved_bytes[1] < 0.5 * saved_bytes[0]
+    torch.testing.assert_close(results[1], results[0])
+    names = {n.replace("_checkpoint_wrapped_module.", "") for n in grads[1]}
+    assert names == set(grads[0])
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grad, grads[0][name.replace("_checkpoint_wrapped_module.", "")])
