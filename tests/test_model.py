@@ -298,3 +298,25 @@ def test_no_host_sync_ops():
     assert "aten::scaled_dot_product_attention" in names  # the profiler saw the model
     forbidden = {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
     assert not names & forbidden, names & forbidden
+
+
+def test_init_depends_on_the_seed_alone_unit_by_unit():
+    """What lets the engine initialise a sharded model layer by layer, on any world size."""
+    from xlsr.model.wav2vec2 import TransformerLayer, init_generator
+
+    cfg = small_config(True)
+    full = Wav2Vec2Model(cfg, init_seed=5)
+    assert all(
+        torch.equal(a, b) for a, b in zip(full.parameters(), Wav2Vec2Model(cfg, init_seed=5).parameters())
+    )
+    alone = TransformerLayer(cfg)
+    alone.init_weights(init_generator(5, 2))
+    for (name, a), (_, b) in zip(full.encoder.layers[1].named_parameters(), alone.named_parameters()):
+        assert torch.equal(a, b), name
+    root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), init_seed=5)
+    root_params = dict(root.named_parameters())
+    for name, value in full.named_parameters():
+        if not name.startswith("encoder.layers."):
+            assert torch.equal(value, root_params[name]), name
+    other = Wav2Vec2Model(cfg, init_seed=6)
+    assert not torch.equal(other.mask_emb, full.mask_emb)

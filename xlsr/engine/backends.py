@@ -69,7 +69,7 @@ class TorchBackend:
         frozen_encoder = cfg.model.feature_grad_mult == 0
         self.module = parallelize(
             model, cfg.distributed, env,
-            find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder,
+            find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder, init_seed=cfg.seed,
         )  # fmt: skip
         self.optimizer = build_optimizer(self.module.parameters(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)

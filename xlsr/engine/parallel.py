@@ -7,17 +7,23 @@ knows nothing of any of this; it only exposes ``encoder.layers`` and ``feature_e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    _CHECKPOINT_PREFIX,
+    checkpoint_wrapper,
+)
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from xlsr.config import DistributedConfig
 from xlsr.engine.distributed import DistEnv
+from xlsr.model.wav2vec2 import TransformerLayer, Wav2Vec2Model, init_generator
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -52,6 +58,38 @@ def data_parallel_mesh(cfg: DistributedConfig, env: DistEnv) -> DeviceMesh:
     )
 
 
+@torch.no_grad()
+def materialize_sharded(model: nn.Module, seed: int, device: torch.device) -> None:
+    """Allocate a sharded meta-device model and initialise it exactly as ``Wav2Vec2Model(cfg, seed)``.
+
+    No rank ever holds the whole model: each transformer layer, then the rest of the model, is
+    initialised on the CPU by itself (the model's init draws each unit from its own generator) and
+    only this rank's shard of it is kept. The result does not depend on the world size.
+    """
+    model.to_empty(device=device)
+    cfg = model.cfg
+    for index, layer in enumerate(model.encoder.layers):
+        template = TransformerLayer(cfg)
+        template.init_weights(init_generator(seed, index + 1))
+        _copy_into(layer, template)
+    root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), init_seed=seed)
+    _copy_into(model, root, skip_prefix="encoder.layers.")
+
+
+def _copy_into(target: nn.Module, source: nn.Module, skip_prefix: str | None = None) -> None:
+    values = dict(source.named_parameters()) | dict(source.named_buffers())
+    for name, tensor in [*target.named_parameters(), *target.named_buffers()]:
+        name = name.replace(_CHECKPOINT_PREFIX, "")
+        if skip_prefix and name.startswith(skip_prefix):
+            continue
+        full = values[name]
+        if isinstance(tensor, DTensor):
+            local = distribute_tensor(full.to(tensor.dtype), tensor.device_mesh, tensor.placements).to_local()
+            tensor.to_local().copy_(local)
+        else:
+            tensor.copy_(full)
+
+
 def apply_fsdp(model: nn.Module, cfg: DistributedConfig, env: DistEnv) -> nn.Module:
     mesh = data_parallel_mesh(cfg, env)
     dtype = PRECISION_DTYPES[cfg.precision]
@@ -65,18 +103,27 @@ def apply_fsdp(model: nn.Module, cfg: DistributedConfig, env: DistEnv) -> nn.Mod
 
 
 def parallelize(
-    model: nn.Module, cfg: DistributedConfig, env: DistEnv, find_unused_parameters: bool = False
+    model: nn.Module,
+    cfg: DistributedConfig,
+    env: DistEnv,
+    find_unused_parameters: bool = False,
+    init_seed: int = 0,
 ) -> nn.Module:
-    """Wrap ``model`` (already on ``env.device``) for training; returns the module to call.
+    """Wrap ``model`` for training; returns the module to call.
 
-    ``find_unused_parameters`` must be set for DDP when some parameters can miss the graph
-    (layer drop, a frozen feature encoder).
+    ``model`` is on ``env.device``, or — for FSDP — on the meta device, in which case it is sharded
+    first and then initialised shard by shard from ``init_seed``. ``find_unused_parameters`` must be
+    set for DDP when some parameters can miss the graph (layer drop, a frozen feature encoder).
     """
     apply_activation_checkpointing(model, cfg)
     if cfg.compile:
         apply_compile(model)
     if cfg.backend == "fsdp":
-        return apply_fsdp(model, cfg, env)
+        on_meta = any(p.is_meta for p in model.parameters())
+        apply_fsdp(model, cfg, env)
+        if on_meta:
+            materialize_sharded(model, init_seed, env.device)
+        return model
     if cfg.backend == "ddp":
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from tqdm import tqdm
 
 from xlsr.config import TrainConfig, atomic_write_text, save_config
@@ -83,12 +84,19 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.checkpointer = Checkpointer(cfg, env)
         self.resume_from = self.checkpointer.resume_path()
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = Wav2Vec2Model(cfg.model).to(env.device)
-        if self.resume_from is None and cfg.checkpoint.init_from:
-            self._init_weights_from(cfg.checkpoint.init_from)  # before any sharding
+        torch.manual_seed(cfg.seed)
+        if cfg.distributed.backend == "fsdp":  # sharded first, then initialised shard by shard
+            with torch.device("meta"):
+                self.model = Wav2Vec2Model(cfg.model)
+        else:  # identical initial weights on every rank: the init depends on the seed alone
+            self.model = Wav2Vec2Model(cfg.model, init_seed=cfg.seed).to(env.device)
+        imported = self._imported_weights() if self.resume_from is None else None
+        if imported is not None and cfg.distributed.backend == "deepspeed":
+            self._load_imported(self.model, imported, full_state_dict=False)  # before ZeRO partitions it
         resume_world = read_trainer_state(self.resume_from)["world_size"] if self.resume_from else None
         self.backend = build_backend(self.model, cfg, env, resume_world)
+        if imported is not None and cfg.distributed.backend != "deepspeed":
+            self._load_imported(self.backend.module, imported, full_state_dict=True)
         self.data = data or DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
         self.step = 0
         self.consecutive_nonfinite = torch.zeros((), device=env.device)
@@ -121,13 +129,22 @@ class Trainer:
         if self.env.is_main:
             log.info("resumed from %s at update %d", path, self.step)
 
-    def _init_weights_from(self, path: str) -> None:
+    def _imported_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights named by ``checkpoint.init_from`` (an `xlsr import` file, HF directory or checkpoint)."""
+        if not self.cfg.checkpoint.init_from:
+            return None
         from xlsr.pretrained import load_model_weights
 
-        _, state = load_model_weights(path)
+        return load_model_weights(self.cfg.checkpoint.init_from)[1]
+
+    def _load_imported(self, module: torch.nn.Module, state: dict, full_state_dict: bool) -> None:
+        path = self.cfg.checkpoint.init_from
         try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
+            if full_state_dict:  # DDP or FSDP2: each rank keeps its shard of the full state
+                set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+            else:
+                module.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
             raise ValueError(
                 f"checkpoint.init_from={path} does not fit the configured model: {exc}"
             ) from None

@@ -40,6 +40,20 @@ class PretrainingOutput:
 # Small building blocks
 
 
+def init_generator(seed: int, unit: int) -> torch.Generator:
+    """The CPU generator that initialises one unit (0 = everything but the layers, i + 1 = layer i)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + unit)
+
+
+def default_init(module: nn.Linear | nn.Conv1d, generator: torch.Generator | None) -> None:
+    """PyTorch's default Linear/Conv init (``reset_parameters``), drawn from ``generator``."""
+    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+    if module.bias is not None:
+        fan_in = module.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
 class GradMultiply(torch.autograd.Function):
     """Identity forward, gradient scaled by ``scale`` (fairseq feature_grad_mult, spec §2.5)."""
 
@@ -98,9 +112,10 @@ class ConvBlock(nn.Module):
         elif norm == "layer":
             self.norm = nn.LayerNorm(out_dim)
 
-    def init_weights(self) -> None:
-        self.conv.reset_parameters()  # bias keeps the PyTorch default, as in fairseq
-        nn.init.kaiming_normal_(self.conv.weight)
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        default_init(self.conv, generator)  # the bias keeps the PyTorch default, as in fairseq
+        nn.init.kaiming_normal_(self.conv.weight, generator=generator)
         if self.norm is not None:
             self.norm.reset_parameters()
 
@@ -156,13 +171,13 @@ class PositionalConv(nn.Module):
         self.remove_last = kernel % 2 == 0  # SamePad
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
         # Initialise the effective weight, then derive g and v from it, as fairseq does (init *before* weight
         # norm; HF's order loses the init, spec §4.2 / §7.2).
         params = self.conv.parametrizations.weight
         g, v = params.original0, params.original1
         kernel, dim = self.conv.kernel_size[0], self.conv.in_channels
-        w = torch.empty_like(v).normal_(0.0, math.sqrt(4.0 / (kernel * dim)))
+        w = torch.empty_like(v).normal_(0.0, math.sqrt(4.0 / (kernel * dim)), generator=generator)
         v.copy_(w)
         g.copy_(torch.linalg.vector_norm(w, dim=(0, 1), keepdim=True))
         nn.init.zeros_(self.conv.bias)
@@ -210,6 +225,16 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
 
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        # init_bert_params (§1.1 "Init"): Linear N(0, 0.02), zero bias; LayerNorms 1 / 0.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=generator)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+
     def ffn(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
 
@@ -231,15 +256,11 @@ class TransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.encoder_layers))
 
-    def init_weights(self) -> None:
-        # init_bert_params on the encoder (§1.1 "Init"): Linear N(0, 0.02), zero bias; LayerNorms 1 / 0.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
-        self.pos_conv.init_weights()
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """The encoder's own parameters; each layer is initialised by ``layer.init_weights``."""
+        self.layer_norm.reset_parameters()
+        self.pos_conv.init_weights(generator)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, layer_keep: list[bool] | None = None
@@ -295,9 +316,9 @@ class GumbelVectorQuantizer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        nn.init.uniform_(self.vars)
-        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        nn.init.uniform_(self.vars, generator=generator)
+        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0, generator=generator)
         nn.init.zeros_(self.weight_proj.bias)
         self.temperature.fill_(self.curr_temp)
 
@@ -372,7 +393,7 @@ def contrastive_logits(
 
 
 class Wav2Vec2Model(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init_seed: int = 0):
         super().__init__()
         self.cfg = cfg
         conv_dim = cfg.conv_feature_layers[-1][0]
@@ -391,20 +412,32 @@ class Wav2Vec2Model(nn.Module):
         )
         self.project_q = nn.Linear(vq_dim, final_dim)
         self.final_proj = nn.Linear(dim, final_dim)
-        self.init_weights()
+        self.init_weights(init_seed)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re-)initialise every parameter as fairseq does; also used after building on the meta device."""
+    def init_weights(self, seed: int = 0) -> None:
+        """(Re-)initialise every parameter by fairseq's rules, from ``seed`` alone.
+
+        Each transformer layer draws from its own generator (``init_generator(seed, i + 1)``) and
+        everything else from ``init_generator(seed, 0)``, so a layer can be initialised on its own
+        (the engine does so when it builds a sharded model on the meta device) with the same values.
+        """
+        self.init_root_weights(init_generator(seed, 0))
+        for index, layer in enumerate(self.encoder.layers):
+            layer.init_weights(init_generator(seed, index + 1))
+
+    @torch.no_grad()
+    def init_root_weights(self, generator: torch.Generator) -> None:
+        """Every parameter outside the transformer layers."""
         for block in self.feature_extractor.conv_layers:
-            block.init_weights()
+            block.init_weights(generator)
         self.layer_norm.reset_parameters()
         for linear in (self.post_extract_proj, self.project_q, self.final_proj):
             if linear is not None:
-                linear.reset_parameters()  # PyTorch default init, as fairseq
-        nn.init.uniform_(self.mask_emb)
-        self.encoder.init_weights()
-        self.quantizer.init_weights()
+                default_init(linear, generator)  # PyTorch default init, as fairseq
+        nn.init.uniform_(self.mask_emb, generator=generator)
+        self.encoder.init_weights(generator)
+        self.quantizer.init_weights(generator)
 
     def set_num_updates(self, num_updates: int) -> None:
         self.quantizer.set_num_updates(num_updates)
