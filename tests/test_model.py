@@ -307,11 +307,14 @@ def test_init_depends_on_the_seed_alone_unit_by_unit():
     cfg = small_config(True)
     full = Wav2Vec2Model(cfg, init_seed=5)
     assert all(
-        torch.equal(a, b) for a, b in zip(full.parameters(), Wav2Vec2Model(cfg, init_seed=5).parameters())
+        torch.equal(a, b)
+        for a, b in zip(full.parameters(), Wav2Vec2Model(cfg, init_seed=5).parameters(), strict=True)
     )
     alone = TransformerLayer(cfg)
     alone.init_weights(init_generator(5, 2))
-    for (name, a), (_, b) in zip(full.encoder.layers[1].named_parameters(), alone.named_parameters()):
+    for (name, a), (_, b) in zip(
+        full.encoder.layers[1].named_parameters(), alone.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), name
     root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), init_seed=5)
     root_params = dict(root.named_parameters())
