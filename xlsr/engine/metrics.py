@@ -70,6 +70,9 @@ class MetricsLogger:
 
 def format_console_line(step: int, total: int, metrics: dict[str, float]) -> str:
     parts = [f"update {step}/{total}"]
+    if "eta_s" in metrics:
+        minutes, seconds = divmod(int(metrics["eta_s"]), 60)
+        parts.append(f"eta {minutes // 60}:{minutes % 60:02d}:{seconds:02d}")
     for key, fmt in (
         ("loss", ".3f"),
         ("loss_contrastive", ".3f"),

@@ -383,6 +383,7 @@ class Trainer:
             "audio_s_per_s": audio_seconds / elapsed / world,
             "frames_per_s": audio_seconds * 50 / elapsed / world,
             "data_wait": data_wait / elapsed,
+            "eta_s": elapsed / max(updates, 1) * (self.cfg.last_update - self.step),
             "masked_frames_per_update": s["sample_size"] / updates,
             "crops_per_update": s["crops"] / updates,
         }
