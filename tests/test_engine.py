@@ -95,15 +95,19 @@ def reference(global_batches, tmp_path_factory) -> list[dict]:
         ("distributed.backend=ddp",),
         ("distributed.backend=fsdp",),
         ("distributed.backend=fsdp", "distributed.fsdp_sharding=hybrid"),
+        ("distributed.backend=fsdp", "checkpoint.async_save=true", "checkpoint.interval_updates=2"),
         ("distributed.backend=deepspeed", "distributed.zero_stage=2"),
         ("distributed.backend=deepspeed", "distributed.zero_stage=3"),
     ],
-    ids=["ddp", "fsdp", "fsdp-hybrid", "zero2", "zero3"],
+    ids=["ddp", "fsdp", "fsdp-hybrid", "fsdp-async-save", "zero2", "zero3"],
 )
 def test_two_process_backends_match_single_process(global_batches, reference, tmp_path, backend):
     result = run_job(global_batches, tmp_path / "run", 2, *backend)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_trajectories_close(losses(tmp_path / "run"), reference)
+    saved = [step for step, _ in complete_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert saved == ([4, 6] if "checkpoint.async_save=true" in backend else [UPDATES])
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
     assert math.isfinite(reference[-1]["loss"]) and reference[-1]["loss"] < reference[0]["loss"] + 0.5
 
 

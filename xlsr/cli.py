@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--nproc", type=int, default=1, help="processes (one per GPU, or CPU workers)")
     _add_train_arguments(local)
     local.set_defaults(func=cmd_launch)
+    from launchers.slurm import add_slurm_arguments, add_status_arguments, launch_slurm, launch_status
+
+    slurm = where.add_parser("slurm", help="submit to SLURM (submitit): one task per GPU, requeue, resume")
+    add_slurm_arguments(slurm)
+    slurm.set_defaults(func=launch_slurm)
+    status = where.add_parser("status", help="state, last metrics and log paths of a SLURM run directory")
+    add_status_arguments(status)
+    status.set_defaults(func=launch_status)
 
     export = commands.add_parser("export", help="write a training checkpoint in another framework's format")
     export.add_argument("--to", choices=["hf"], required=True)

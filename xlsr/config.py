@@ -155,6 +155,8 @@ class CheckpointConfig:
     resume: str = "auto"
     # Initialize weights from an imported checkpoint (xlsr import) when not resuming.
     init_from: str | None = None
+    # DDP/FSDP: write periodic checkpoints in a background thread after staging them in CPU memory.
+    async_save: bool = False
 
 
 @dataclass

@@ -12,6 +12,7 @@ optimizer's ``pending_skip`` flag is set before the step and the parameters stay
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +46,9 @@ class Backend(Protocol):
 
     def loss_scale(self) -> float: ...
 
-    def save(self, directory: Path) -> None: ...
+    def save(self, directory: Path, asynchronous: bool) -> Future | None:
+        """Write model and optimizer state; an asynchronous save returns the future to wait on."""
+        ...
 
     def load(self, directory: Path) -> None: ...
 
@@ -124,9 +127,15 @@ class TorchBackend:
     def loss_scale(self) -> float:
         return float(self.scale)
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, asynchronous: bool) -> Future | None:
         model_state, optim_state = get_state_dict(self.module, self.optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
+        state = {"model": model_state, "optim": optim_state}
+        if not asynchronous:
+            dcp.save(state, checkpoint_id=str(directory))
+            return None
+        # Staging copies the state to CPU memory before this returns; writing continues in a thread.
+        response = dcp.async_save(state, checkpoint_id=str(directory), process_group=self.env.cpu_group)
+        return getattr(response, "upload_completion", response)
 
     def load(self, directory: Path) -> None:
         model_state, optim_state = get_state_dict(self.module, self.optimizer)

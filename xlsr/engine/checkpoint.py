@@ -57,6 +57,7 @@ class Checkpointer:
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
         self.root = cfg.checkpoint_dir
+        self._pending: tuple[Any, Path, Path] | None = None
 
     def resume_path(self) -> Path | None:
         """The checkpoint to resume from, per ``checkpoint.resume``."""
@@ -72,17 +73,27 @@ class Checkpointer:
         return path
 
     def save(
-        self, step: int, backend: Backend, trainer_state: dict[str, Any], rank_state: dict[str, Any]
+        self,
+        step: int,
+        backend: Backend,
+        trainer_state: dict[str, Any],
+        rank_state: dict[str, Any],
+        asynchronous: bool = False,
     ) -> Path:
+        """Write ``step-N`` (into ``step-N.tmp``, renamed when complete on every rank).
+
+        With ``asynchronous``, the backend's state is written in the background and the rename
+        happens at the next save (or `wait`); until then the previous checkpoint is the newest.
+        """
+        self.wait()
         final = self.root / step_dir_name(step)
         tmp = final.with_name(final.name + ".tmp")
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        backend.save(tmp)
+        pending = backend.save(tmp, asynchronous)
         torch.save(rank_state, tmp / f"rank-{self.env.rank:05d}.pt")
-        dist.barrier()
         if self.env.is_main:
             state = {**trainer_state, "backend": backend.state_dict(), "world_size": self.env.world_size}
             torch.save(state, tmp / "trainer.pt")
@@ -94,11 +105,25 @@ class Checkpointer:
                 "time": time.time(),
             }
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+        self._pending = (pending, tmp, final)
+        if pending is None:
+            self.wait()
+        return final
+
+    def wait(self) -> None:
+        """Complete the save in flight, if any: all ranks finished writing, then the rename."""
+        if self._pending is None:
+            return
+        future, tmp, final = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        dist.barrier()
+        if self.env.is_main:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             self._prune()
         dist.barrier()
-        return final
 
     def _prune(self) -> None:
         keep_every = self.cfg.checkpoint.keep_every

@@ -102,8 +102,9 @@ class DeepSpeedBackend:
     def loss_scale(self) -> float:
         return float(getattr(self.engine.optimizer, "cur_scale", 1.0))
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, asynchronous: bool) -> None:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+        return None  # DeepSpeed writes synchronously
 
     def load(self, directory: Path) -> None:
         tag = directory.name

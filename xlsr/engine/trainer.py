@@ -219,7 +219,7 @@ class Trainer:
                     self._check_nonfinite()
                 stop = self._stop_agreed()
                 if stop or self.step % self.cfg.checkpoint.interval_updates == 0 or self.step == last:
-                    result.checkpoint = self._save()
+                    result.checkpoint = self._save(final=stop or self.step == last)
                 if stop:
                     result.status = "preempted"
                     break
@@ -429,7 +429,7 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.env.cpu_group)
         return bool(flag.item())
 
-    def _save(self) -> Path:
+    def _save(self, final: bool) -> Path:
         self._check_nonfinite()
         trainer_state = {
             "step": self.step,
@@ -437,7 +437,9 @@ class Trainer:
             "wandb_run_id": self.run_id,
         }
         rank_state = {"rng": self._rng_state(), "data": self.data.state_dict()}
-        path = self.checkpointer.save(self.step, self.backend, trainer_state, rank_state)
+        # The last save of a run (finished or stopped) is synchronous: nothing may be left in flight.
+        asynchronous = self.cfg.checkpoint.async_save and not final
+        path = self.checkpointer.save(self.step, self.backend, trainer_state, rank_state, asynchronous)
         if self.env.is_main:
             tqdm.write(f"saved checkpoint {path}")
         return path
