@@ -96,7 +96,7 @@ def collapse_alarms(
 ) -> list[str]:
     """Known failure signatures of wav2vec 2.0 pretraining (reference spec §2.7, §6, §7.11).
 
-    Uniform logits are normal at the very start, so that alarm waits until warmup is over.
+    Uniform logits are normal at the start, so that alarm waits until ``past_warmup``.
     """
     alarms = []
     uniform = math.log2(num_negatives + 1)

@@ -405,7 +405,8 @@ class Trainer:
             history.write(json.dumps({"step": self.step, **metrics}) + "\n")
         logger.log(self.step, {f"train/{k}": v for k, v in metrics.items()})
         m = self.cfg.model
-        past_warmup = self.step > self.cfg.optim.warmup_updates
+        # Uniform logits are normal for a while after warmup; "stuck" means still there at 4x warmup.
+        past_warmup = self.step >= 4 * max(self.cfg.optim.warmup_updates, 1)
         for alarm in collapse_alarms(metrics, m.num_negatives, m.latent_groups * m.latent_vars, past_warmup):
             progress.write(f"WARNING collapse alarm: {alarm}")
             logger.log(self.step, {"alarms/collapse": alarm})
