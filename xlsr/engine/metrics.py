@@ -48,7 +48,8 @@ class MetricsLogger:
 
     @property
     def wandb_dir(self) -> str | None:
-        return self.run.dir if self.run is not None else None
+        """The run's directory (what `wandb sync` takes), not its ``files/`` subfolder."""
+        return str(Path(self.run.dir).parent) if self.run is not None else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.run is not None:
