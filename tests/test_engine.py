@@ -200,3 +200,19 @@ def test_activation_checkpointing_changes_memory_not_results():
     assert names == set(grads[0])
     for name, grad in grads[1].items():
         torch.testing.assert_close(grad, grads[0][name.replace("_checkpoint_wrapped_module.", "")])
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision"), [("ddp", "bf16"), ("fsdp", "fp16")], ids=["ddp-bf16", "fsdp-fp16"]
+)
+def test_mixed_precision_tracks_fp32(global_batches, reference, tmp_path, backend, precision):
+    run_dir = tmp_path / "run"
+    result = run_job(
+        global_batches, run_dir, 2, f"distributed.backend={backend}", f"distributed.precision={precision}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for got, want in zip(history, reference, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-2)
+    scales = {m["loss_scale"] for m in history}
+    assert scales == ({128.0} if precision == "fp16" else {1.0})  # fairseq's initial fp16 scale
