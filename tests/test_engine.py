@@ -202,17 +202,31 @@ def test_activation_checkpointing_changes_memory_not_results():
         torch.testing.assert_close(grad, grads[0][name.replace("_checkpoint_wrapped_module.", "")])
 
 
+# Adam's first updates move every weight by about lr whatever the gradient's size, so at the recipe's lr
+# rounding differences in near-zero gradients flip whole updates and the runs part after 3 updates. At a
+# tenth of it the mixed-precision runs must follow the fp32 run through every update.
+CALM_LR = "optim.lr=2e-4"
+
+
+@pytest.fixture(scope="module")
+def calm_reference(global_batches, tmp_path_factory) -> list[dict]:
+    run_dir = tmp_path_factory.mktemp("calm_reference")
+    result = run_job(global_batches, run_dir, 1, "optim.update_freq=2", CALM_LR)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return losses(run_dir)
+
+
 @pytest.mark.parametrize(
     ("backend", "precision"), [("ddp", "bf16"), ("fsdp", "fp16")], ids=["ddp-bf16", "fsdp-fp16"]
 )
-def test_mixed_precision_tracks_fp32(global_batches, reference, tmp_path, backend, precision):
+def test_mixed_precision_tracks_fp32(global_batches, calm_reference, tmp_path, backend, precision):
     run_dir = tmp_path / "run"
-    result = run_job(
-        global_batches, run_dir, 2, f"distributed.backend={backend}", f"distributed.precision={precision}"
-    )
+    overrides = (f"distributed.backend={backend}", f"distributed.precision={precision}", CALM_LR)
+    result = run_job(global_batches, run_dir, 2, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for got, want in zip(history, reference, strict=True):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-2)
+    for got, want in zip(history, calm_reference, strict=True):
+        # measured: within 0.3% (bf16) and 0.1% (fp16) at every update
+        assert got["loss"] == pytest.approx(want["loss"], rel=5e-3), got["step"]
     scales = {m["loss_scale"] for m in history}
     assert scales == ({128.0} if precision == "fp16" else {1.0})  # fairseq's initial fp16 scale
