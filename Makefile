@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Ignore machine-wide pip settings: installs must be the same on every fresh machine.
 PIP := PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup system-deps demo test lint clean-demo
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,20 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The SLURM tests start a real single-node cluster from Debian's packages (tests/slurm_cluster.py).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+
+system-deps:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing $(SLURM_PACKAGES) (apt): the SLURM tests run a real local cluster"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES); \
+	else \
+		echo "the SLURM tests need Debian packages; run as root: apt-get install -y $(SLURM_PACKAGES)" >&2; exit 1; \
+	fi
+
+test: lint system-deps
 	$(VENV)/bin/pytest
 
 clean-demo:

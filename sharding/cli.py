@@ -68,6 +68,9 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--corpus-alpha", type=float, default=0.5, help="corpus upsampling alpha for the table"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from launchers.slurm import add_shard_slurm_arguments
+
+    add_shard_slurm_arguments(parser)  # --slurm --array N [--partition ...] [--dry-run]
     return parser
 
 
@@ -77,6 +80,10 @@ def run_shard(args: argparse.Namespace) -> int:
         return _error(f"input not found: {args.input}")
     if not 0 <= args.task_index < args.num_tasks:
         return _error(f"--task-index must lie in [0, {args.num_tasks}), got {args.task_index}")
+    if getattr(args, "slurm", False):
+        from launchers.slurm import submit_shard_array
+
+        return submit_shard_array(args)
     layout = args.layout or ("manifest" if args.input.is_file() else "dir")
     try:
         records = load_records(args.input, layout, args.corpus)
