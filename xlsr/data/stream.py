@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from xlsr.config import DataConfig
-from xlsr.data.shards import RawSample, ShardInfo, decode_audio, iter_shard
+from xlsr.data.shards import RawSample, ShardInfo, decode_audio, decode_audio_into, iter_shard
 
 SampleRef = tuple[int, int, int, int]  # (stream, pass, unit position in that pass, offset in unit)
 
@@ -94,9 +94,7 @@ class UnitReader:
 
     def _unit_samples(self, pass_: int, position: int) -> Iterator[RawSample]:
         shard, part, parts = self.units[self._order(pass_)[position]]
-        for index, sample in enumerate(iter_shard(self.spec.shards[shard].url)):
-            if index % parts == part:
-                yield sample
+        yield from iter_shard(self.spec.shards[shard].url, part, parts)
 
     def next(self) -> tuple[SampleRef, RawSample]:
         empty_units = 0
@@ -165,6 +163,9 @@ class SlotPipeline:
         self.readers = [UnitReader(i, spec, slot, num_slots, seed) for i, spec in enumerate(specs)]
         self.probs = np.array([spec.utterance_prob for spec in specs], dtype=np.float64)
         self.probs /= self.probs.sum()
+        # What Generator.choice(p=probs) computes on every call (the same draws), computed once.
+        self.cdf = self.probs.cumsum()
+        self.cdf /= self.cdf[-1]
         self.rng = np.random.default_rng([seed, slot, 0x5EED])
         self.shuffle: list[tuple[SampleRef, RawSample]] = []
         edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
@@ -177,7 +178,7 @@ class SlotPipeline:
     def _pull(self) -> tuple[SampleRef, RawSample]:
         """Next usable utterance of the upsampled mixture."""
         while True:
-            reader = self.readers[self.rng.choice(len(self.readers), p=self.probs)]
+            reader = self.readers[int(self.cdf.searchsorted(self.rng.random(), side="right"))]
             ref, sample = reader.next()
             if sample.num_samples >= self.cfg.min_sample_size:
                 return ref, sample
@@ -220,36 +221,50 @@ class SlotPipeline:
                 return members
 
     def _collate(self, samples: list[RawSample]) -> Batch | None:
-        waves, keys, languages = [], [], Counter()
-        for sample in samples:
+        """Decode, (normalise,) crop and right-pad ``samples`` into one batch; undecodable ones are
+        dropped and counted. Audio is decoded straight into the batch buffer."""
+        lengths = [self._crop_length(sample) for sample in samples]
+        source = np.empty((len(samples), max(lengths)), dtype=np.float32)
+        for row, sample in enumerate(samples):
             try:
-                wave = decode_audio(sample)
+                lengths[row] = self._decode_crop(sample, source[row, : lengths[row]])
             except ValueError:
                 self.counters["undecodable"] += 1
-                continue
-            if self.cfg.normalize:  # over the whole utterance, before cropping (fairseq)
-                wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
-            length = min(len(wave), self.cfg.max_sample_size)
-            start = int(self.rng.integers(len(wave) - length + 1))
-            waves.append(wave[start : start + length])
-            keys.append(sample.key)
-            languages[f"{sample.corpus}/{sample.language}"] += 1
-        if not waves:
+                lengths[row] = 0
+            source[row, lengths[row] :] = 0.0  # right padding (and what a short decode left out)
+        kept = [row for row, length in enumerate(lengths) if length > 0]
+        if not kept:
             return None
-        longest = max(len(w) for w in waves)
-        source = torch.zeros(len(waves), longest, dtype=torch.float32)
-        padding = torch.ones(len(waves), longest, dtype=torch.bool)
-        for row, wave in enumerate(waves):
-            source[row, : len(wave)] = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-            padding[row, : len(wave)] = False
-        self.counters["samples"] += len(waves)
+        if len(kept) < len(samples):
+            source, lengths, samples = source[kept], [lengths[r] for r in kept], [samples[r] for r in kept]
+        longest = max(lengths)
+        if longest < source.shape[1]:
+            source = np.ascontiguousarray(source[:, :longest])
+        padding = None
+        if min(lengths) < longest:
+            padding = torch.zeros(source.shape, dtype=torch.bool)
+            for row, length in enumerate(lengths):
+                padding[row, length:] = True
+        self.counters["samples"] += len(samples)
         return Batch(
-            source=source,
-            padding_mask=padding if padding.any() else None,
-            num_samples=sum(len(w) for w in waves),
-            languages=dict(languages),
-            keys=keys,
+            source=torch.from_numpy(source),
+            padding_mask=padding,
+            num_samples=sum(lengths),
+            languages=dict(Counter(f"{sample.corpus}/{sample.language}" for sample in samples)),
+            keys=[sample.key for sample in samples],
         )
+
+    def _decode_crop(self, sample: RawSample, out: np.ndarray) -> int:
+        """A random crop of ``len(out)`` samples of ``sample`` into ``out``; returns its length."""
+        start = int(self.rng.integers(sample.num_samples - len(out) + 1))
+        if not self.cfg.normalize:
+            return decode_audio_into(sample, out, start)
+        # Normalised over the whole utterance before cropping (fairseq), so the whole is decoded.
+        wave = decode_audio(sample)
+        wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
+        crop = wave[start : start + len(out)]
+        out[: len(crop)] = crop
+        return len(crop)
 
     # -- state ------------------------------------------------------------------------------------
 
