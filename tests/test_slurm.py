@@ -293,11 +293,11 @@ def uninterrupted(env, demo_index, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_unknown_partition_is_refused_before_submitting(env, tmp_path):
-    result = run_xlsr(
-        env, "launch", "slurm", "--config", "configs/tiny.yaml", f"run_dir={tmp_path}/r", "--partition", "gpuu"
-    )
+    args = ["--config", "configs/tiny.yaml", f"run_dir={tmp_path}/r", "--partition", "gpuu"]
+    result = run_xlsr(env, "launch", "slurm", *args)
     assert result.returncode == 2
-    assert "unknown partition 'gpuu'" in result.stderr and "partitions on this cluster: debug" in result.stderr
+    assert "unknown partition 'gpuu'" in result.stderr
+    assert "partitions on this cluster: debug" in result.stderr
     assert not (tmp_path / "r").exists()
 
 
@@ -363,7 +363,9 @@ def test_scontrol_requeue_saves_then_requeue_cap_then_resubmit(uninterrupted, en
     whole, _ = uninterrupted
     run_dir = tmp_path / "requeued"
     args = [
-        *train_overrides(demo_index, run_dir, "logging.wandb_mode=disabled", "checkpoint.interval_updates=100"),
+        *train_overrides(
+            demo_index, run_dir, "logging.wandb_mode=disabled", "checkpoint.interval_updates=100"
+        ),
         "--max-requeues",
         "1",
     ]
@@ -415,4 +417,3 @@ def test_shard_job_array_writes_shards_and_a_merged_index(env, demo_index, tmp_p
     merged, reference = (json.loads(p.read_text()) for p in (out_dir / "index.json", demo_index))
     assert merged["shards"] == reference["shards"] and merged["totals"] == reference["totals"]
     assert len(merged["shards"]) > 3 and "skipped" in merge_log
-
