@@ -328,6 +328,30 @@ def config_conflict(cfg: Any, run_dir: Path) -> str | None:
     return "\n".join(lines[:60] + (["..."] if len(lines) > 60 else []))
 
 
+def resource_changes(cfg: Any, run_dir: Path) -> str | None:
+    """The ``launcher`` fields (nodes, GPUs, time, ...) that differ from the run directory's last launch.
+
+    They may change between submissions, but a forgotten ``--nodes 4`` silently shrinks the job (and
+    re-seeds the data stream on a new world size), so the launch says what changed."""
+    import dataclasses as dc
+
+    from xlsr.config import ConfigError, load_config
+
+    existing_path = run_dir / "config.yaml"
+    if not existing_path.is_file():
+        return None
+    try:
+        old = load_config(existing_path).launcher
+    except ConfigError:
+        return None  # config_conflict reports it
+    changes = [
+        f"{field.name}: {getattr(old, field.name)} -> {getattr(cfg.launcher, field.name)}"
+        for field in dc.fields(old)
+        if getattr(old, field.name) != getattr(cfg.launcher, field.name)
+    ]
+    return ", ".join(changes) or None
+
+
 def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
     """Run a SLURM client command; None when it is not installed or does not answer."""
     if shutil.which(cmd[0]) is None:
@@ -401,6 +425,9 @@ def validate_launch(plan: LaunchPlan, args: argparse.Namespace) -> list[str]:
                 f"change).\n{conflict}"
             )
         notes.append(f"config of {plan.run_dir} changes (--allow-config-change):\n{conflict}")
+    changed = resource_changes(plan.cfg, plan.run_dir)
+    if changed:
+        notes.append(f"resources differ from the last launch of {plan.run_dir}: {changed}")
     note = check_partition(plan.cfg.launcher.partition, args.dry_run)
     if note:
         notes.append(note)

@@ -143,6 +143,7 @@ class LocalSlurmCluster:
         shutil.chown("/run/munge", "munge", "munge")
         subprocess.run([_which("munged"), "--force"], capture_output=True, text=True, check=False)
         self.started_munged = True
+        (self.root / "munged.started").touch()  # so `stop` (maybe another process) stops only ours
         deadline = time.monotonic() + 10
         while not self._munge_works():
             if time.monotonic() > deadline:
@@ -186,8 +187,10 @@ class LocalSlurmCluster:
             subprocess.run(["scancel", "--full", "--quiet", "-p", PARTITION], env=self.env, check=False)
         for name in ("slurmd.pid", "slurmctld.pid"):
             _kill_pidfile(self.root / name)
-        if self.started_munged:
+        marker = self.root / "munged.started"
+        if self.started_munged or marker.exists():
             _kill_pidfile(Path("/run/munge/munged.pid"))
+            marker.unlink(missing_ok=True)
 
 
 def _kill_pidfile(path: Path, timeout_s: float = 15.0) -> None:
@@ -223,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SLURM is up (partition {PARTITION!r}, node {cluster.hostname}). In your shell:")
             print(f"export SLURM_CONF={cluster.conf}")
         else:
-            cluster.started_munged = True  # we cannot know; stop what this tool would have started
             cluster.stop()
             print("stopped")
     except ClusterError as exc:

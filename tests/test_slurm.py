@@ -174,7 +174,9 @@ def test_refuses_a_run_directory_of_another_config(no_slurm, tmp_path, capsys):
     assert "changes (--allow-config-change)" in capsys.readouterr().err
     # the same run with other resources (more nodes, another time limit) is the same run
     same = [*base, f"run_dir={run_dir}", "optim.lr=1e-3", "--nodes", "4", "--time", "60"]
-    assert xlsr_main(same) == 0, capsys.readouterr().err
+    assert xlsr_main(same) == 0
+    assert "resources differ from the last launch" in (err := capsys.readouterr().err)
+    assert "nodes: 1 -> 4" in err and "time_min: " in err
 
 
 def test_shard_array_dry_run(no_slurm, tmp_path, capsys):

@@ -144,3 +144,21 @@ def test_stop_signal_saves_and_exits_for_requeue(demo_index, tmp_path):
     saved = complete_checkpoints(run_dir / "checkpoints")
     assert len(saved) == 1 and saved[0][0] >= 5
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_a_dead_wandb_run_never_stops_training(tmp_path, monkeypatch, caplog):
+    """W&B is an observer: a run whose service went away (here: finished behind the logger's back, a real
+    wandb UsageError) turns W&B off with a warning; logging and closing go on."""
+    from xlsr.config import load_config
+    from xlsr.engine.metrics import MetricsLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs/tiny.yaml", [f"run_dir={tmp_path}", "logging.wandb_mode=offline"]
+    )
+    logger = MetricsLogger(cfg, enabled=True, run_id="deadrun")
+    logger.run.finish()
+    logger.log(1, {"loss": 1.0})
+    assert logger.run is None and "W&B log failed (UsageError" in caplog.text
+    logger.log(2, {"loss": 0.5})
+    logger.close()

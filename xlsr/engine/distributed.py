@@ -24,6 +24,20 @@ class DistEnv:
         return self.rank == 0
 
 
+def _gpu_index(local_rank: int) -> int:
+    """This process's GPU: LOCAL_RANK among the node's GPUs, or the only one visible when the scheduler
+    binds one GPU per task (e.g. SLURM's --gpus-per-task=1 / --gpu-bind)."""
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return local_rank
+    if count == 1:
+        return 0
+    raise RuntimeError(
+        f"LOCAL_RANK={local_rank} but this process sees {count} GPUs (CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give every task all the node's GPUs or one"
+    )
+
+
 def init_distributed(timeout_s: int) -> DistEnv:
     """Join the process group described by RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
 
@@ -36,7 +50,7 @@ def init_distributed(timeout_s: int) -> DistEnv:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()) if world_size == 1 else "29500")
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", _gpu_index(local_rank))
         torch.cuda.set_device(device)
         backend = "cpu:gloo,cuda:nccl"
     else:

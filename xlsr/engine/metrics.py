@@ -53,7 +53,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self._guarded("log", lambda: self.run.log(metrics, step=step))
 
     def log_probability_table(self, hours: dict, probs: dict) -> None:
         if self.run is None:
@@ -62,11 +62,21 @@ class MetricsLogger:
 
         rows = [[c, lang, hours[(c, lang)], probs[(c, lang)]] for (c, lang) in sorted(hours)]
         table = wandb.Table(columns=["corpus", "language", "hours", "sampling_probability"], data=rows)
-        self.run.log({"data/upsampling": table}, step=0)
+        self._guarded("log", lambda: self.run.log({"data/upsampling": table}, step=0))
 
     def close(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            self._guarded("finish", self.run.finish)
+
+    def _guarded(self, what: str, call) -> None:
+        """W&B is an observer: if its service dies (SLURM signals every process of a job, and
+        wandb-core exits on SIGTERM), training, checkpoints and metrics.jsonl go on without it."""
+        try:
+            call()
+        except Exception as exc:  # wandb raises many types; none may cost a checkpoint
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("W&B %s failed (%s); W&B logging is off for the rest of this run", what, reason)
+            self.run = None
 
 
 def format_console_line(step: int, total: int, metrics: dict[str, float]) -> str:
