@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,11 +116,21 @@ def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):
         == 0
     )
     split = tmp_path / "split"
-    first = xlsr("launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=10"))
+    every_5 = "checkpoint.interval_updates=5"
+    first = xlsr(
+        "launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=15", every_5)
+    )
     assert first.returncode == 0, first.stderr
-    second = xlsr("launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=20"))
+    # As if killed at update 15 before its checkpoint was complete: updates 11-15 are lost, and their
+    # lines in metrics.jsonl must not stay beside the retrained ones.
+    shutil.rmtree(split / "checkpoints" / "step-00000015")
+    second = xlsr(
+        "launch", "local", "--nproc", "2", *train_args(demo_index, split, "stop_at_update=20", every_5)
+    )
     assert second.returncode == 0, second.stderr
-    assert "resumed from" in second.stderr
+    assert (
+        "step-00000010 at update 10" in second.stderr and "dropped 1 line(s) after update 10" in second.stderr
+    )
     keys = ("loss", "loss_contrastive", "accuracy", "prob_perplexity", "code_perplexity", "grad_norm", "lr")
     for a, b in zip(metrics(split), metrics(whole), strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

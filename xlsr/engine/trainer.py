@@ -112,6 +112,7 @@ class Trainer:
         path = self.resume_from
         if path is None:
             self.run_id = wandb_run_id(self.cfg) if self.env.is_main else None
+            self._forget_history_after(0)
             return
         trainer_state, rank_state = self.checkpointer.load(path, self.backend)
         self.step = trainer_state["step"]
@@ -128,6 +129,21 @@ class Trainer:
             self.data.reseed(self.step, reason)
         if self.env.is_main:
             log.info("resumed from %s at update %d", path, self.step)
+        self._forget_history_after(self.step)
+
+    def _forget_history_after(self, step: int) -> None:
+        """Drop metrics.jsonl lines past the resumed update (a kill after them lost those updates;
+        they are trained again), so the history has each update once."""
+        history = Path(self.cfg.run_dir) / "metrics.jsonl"
+        if not self.env.is_main or not history.is_file():
+            return
+        lines = history.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) < len(lines):
+            log.warning(
+                "metrics.jsonl: dropped %d line(s) after update %d (retrained)", len(lines) - len(kept), step
+            )
+            atomic_write_text(history, "".join(line + "\n" for line in kept))
 
     def _imported_weights(self) -> dict[str, torch.Tensor] | None:
         """Weights named by ``checkpoint.init_from`` (an `xlsr import` file, HF directory or checkpoint)."""
