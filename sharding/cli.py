@@ -110,7 +110,7 @@ def run_shard(args: argparse.Namespace) -> int:
         print(
             f"task {args.task_index}/{args.num_tasks}: {len(result['assigned'])} shard(s) "
             f"({result['written']} written, {result['already_complete']} already complete); "
-            f"after all tasks, rerun without --num-tasks to write {args.out_dir / 'index.json'}"
+            "index.json is written after all tasks (by the --slurm merge job, or a run without --num-tasks)"
         )
         return 0
     _print_summary(result, args)

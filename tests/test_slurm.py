@@ -360,13 +360,13 @@ def test_scontrol_requeue_saves_then_requeue_cap_then_resubmit(uninterrupted, en
     at that update and SLURM requeues. Then, with --max-requeues 1 spent, a USR2 saves and the job
     ends instead of requeueing; submitting the same command again finishes the run.
 
-    W&B is off here: wandb-core dies on SIGTERM and MetricsLogger does not survive that yet.
-    """
+    W&B is on (offline): SLURM's SIGTERM reaches wandb-core too, and its death must cost nothing but
+    W&B points (MetricsLogger turns W&B off with a warning)."""
     whole, _ = uninterrupted
     run_dir = tmp_path / "requeued"
     args = [
         *train_overrides(
-            demo_index, run_dir, "logging.wandb_mode=disabled", "checkpoint.interval_updates=100"
+            demo_index, run_dir, "logging.wandb_mode=offline", "checkpoint.interval_updates=100"
         ),
         "--max-requeues",
         "1",
