@@ -253,3 +253,19 @@ def test_decoding_a_crop_into_a_buffer_equals_cropping_the_whole(audio_format):
         written = shards.decode_audio_into(raw, out, start)
         assert written == min(size, len(wave) - start)
         np.testing.assert_array_equal(out[:written], whole[start : start + written])
+
+
+def test_normalised_rows_are_the_whole_utterance_normalised(demo_index):
+    """Uncropped rows equal (x - mean) / sqrt(var + 1e-5) of the decoded utterance (fairseq's layer_norm)."""
+    urls = [str(demo_index.parent / s["path"]) for s in json.loads(demo_index.read_text())["shards"]]
+    by_key = {sample.key: sample for url in urls for sample in shards.iter_shard(url)}
+    stream = DataStream(data_config(demo_index, max_sample_size=400_000, max_tokens=800_000), seed=3)
+    checked = 0
+    for batch in take(stream, 4):
+        for row, key in enumerate(batch.keys):
+            wave = shards.decode_audio(by_key[key])
+            expected = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
+            np.testing.assert_allclose(batch.source[row, : len(wave)].numpy(), expected, atol=2e-5)
+            assert not batch.source[row, len(wave) :].any()
+            checked += 1
+    assert checked >= 8

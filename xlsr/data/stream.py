@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from xlsr.config import DataConfig
-from xlsr.data.shards import RawSample, ShardInfo, decode_audio, decode_audio_into, iter_shard
+from xlsr.data.shards import RawSample, ShardInfo, decode_audio_into, iter_shard
 
 SampleRef = tuple[int, int, int, int]  # (stream, pass, unit position in that pass, offset in unit)
 
@@ -172,6 +172,7 @@ class SlotPipeline:
         self.bucket_edges = np.ceil(edges).astype(np.int64)
         self.buckets: list[list[tuple[SampleRef, RawSample]]] = [[] for _ in range(cfg.num_buckets)]
         self.counters: Counter[str] = Counter()
+        self.scratch = np.empty(0, dtype=np.float32)  # whole utterances, for normalisation
 
     # -- sample flow ------------------------------------------------------------------------------
 
@@ -259,11 +260,16 @@ class SlotPipeline:
         start = int(self.rng.integers(sample.num_samples - len(out) + 1))
         if not self.cfg.normalize:
             return decode_audio_into(sample, out, start)
-        # Normalised over the whole utterance before cropping (fairseq), so the whole is decoded.
-        wave = decode_audio(sample)
-        wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
+        # Normalised over the whole utterance before cropping (fairseq), so the whole is decoded; the
+        # statistics take two passes (mean, and E[x²] by BLAS), then only the crop is written.
+        if len(self.scratch) < sample.num_samples:
+            self.scratch = np.empty(sample.num_samples, dtype=np.float32)
+        wave = self.scratch[: decode_audio_into(sample, self.scratch[: sample.num_samples])]
+        mean = float(wave.mean())
+        variance = max(float(np.dot(wave, wave)) / max(len(wave), 1) - mean * mean, 0.0)
         crop = wave[start : start + len(out)]
-        out[: len(crop)] = crop
+        np.subtract(crop, np.float32(mean), out=out[: len(crop)])
+        np.multiply(out[: len(crop)], np.float32(1 / np.sqrt(variance + 1e-5)), out=out[: len(crop)])
         return len(crop)
 
     # -- state ------------------------------------------------------------------------------------
