@@ -12,6 +12,7 @@ optimizer's ``pending_skip`` flag is set before the step and the parameters stay
 from __future__ import annotations
 
 import contextlib
+import datetime
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +79,13 @@ class TorchBackend:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.fp16 = cfg.distributed.precision == "fp16"
         self.scale = torch.ones((), device=env.device)
+        # The writer thread of an async save runs collectives while training runs its own; on a shared
+        # group the two threads' collectives interleave differently on each rank and deadlock.
+        self.checkpoint_group = (
+            dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.distributed.timeout_s))
+            if cfg.checkpoint.async_save
+            else None
+        )
         self.scale_growth = torch.zeros((), device=env.device)
         if self.fp16:  # fairseq's fp16_init_scale
             self.scale.fill_(128.0)
@@ -134,7 +142,7 @@ class TorchBackend:
             dcp.save(state, checkpoint_id=str(directory))
             return None
         # Staging copies the state to CPU memory before this returns; writing continues in a thread.
-        response = dcp.async_save(state, checkpoint_id=str(directory), process_group=self.env.cpu_group)
+        response = dcp.async_save(state, checkpoint_id=str(directory), process_group=self.checkpoint_group)
         return getattr(response, "upload_completion", response)
 
     def load(self, directory: Path) -> None:
