@@ -60,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(REPO / "configs" / "base.yaml"), help="recipe whose data to use")
     p.add_argument("--index", default=None, help="an existing index.json (default: build a demo shard set)")
     p.add_argument("--scale", type=float, default=1.0, help="demo corpus scale (1.0 = 12.5 min of audio)")
+    p.add_argument(
+        "--utterance-seconds",
+        type=float,
+        nargs=2,
+        default=(1.5, 8.0),
+        metavar=("MIN", "MAX"),
+        help="demo utterance durations, uniform (default 1.5 8; CV is ~5 s, MLS/VoxPopuli 10-20 s)",
+    )
     p.add_argument("--data-dir", default=None, help="where to build the demo shards (default: a temp dir)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved repeats of each contender")
     p.add_argument(
@@ -72,12 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_demo_shards(directory: Path, scale: float) -> Path:
+def build_demo_shards(directory: Path, scale: float, utterance_seconds: tuple[float, float]) -> Path:
     from sharding.manifest import scan_directory
     from sharding.synthetic import generate_demo_corpus
     from sharding.writer import ShardWriterConfig, write_shards
 
-    corpus = generate_demo_corpus(directory / "corpus", scale=scale)
+    corpus = generate_demo_corpus(directory / "corpus", scale=scale, utterance_seconds=utterance_seconds)
     out = directory / "shards"
     if not (out / "index.json").is_file():
         # Small shards, so the bigger languages have several (as a real shard set does).
@@ -128,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="xlsr-loader-bench-") as tmp:
         directory = Path(args.data_dir or tmp)
-        index = Path(args.index) if args.index else build_demo_shards(directory, args.scale)
+        index = (
+            Path(args.index)
+            if args.index
+            else build_demo_shards(directory, args.scale, tuple(args.utterance_seconds))
+        )
         return run(args, index)
 
 

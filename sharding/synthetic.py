@@ -216,7 +216,9 @@ def _speakers(language: str, rng: np.random.Generator) -> list[Speaker]:
     return speakers
 
 
-def _write_language(root: Path, language: str, index: int, seconds: float, seed: int) -> None:
+def _write_language(
+    root: Path, language: str, index: int, seconds: float, seed: int, utterance_seconds: tuple[float, float]
+) -> None:
     """Utterances until `seconds` of audio; rates and formats cycle so every combination occurs."""
     rng = np.random.default_rng([seed, zlib.crc32(language.encode())])
     inventory = phoneme_inventory(language)
@@ -224,7 +226,7 @@ def _write_language(root: Path, language: str, index: int, seconds: float, seed:
     total, i = 0.0, 0
     while total < seconds or i == 0:
         speaker = speakers[i % len(speakers)]
-        duration = float(rng.uniform(*UTTERANCE_SECONDS))
+        duration = float(rng.uniform(*utterance_seconds))
         rate = SAMPLE_RATES[(i + index) % len(SAMPLE_RATES)]
         extension = list(FORMATS)[(i + index) % len(FORMATS)]
         audio = synthesize_utterance(inventory, speaker, duration, rate, rng)
@@ -251,8 +253,16 @@ def _write_special_files(root: Path, seed: int) -> None:
     (root / "yo" / "corrupt" / "corrupt_0000.flac").write_bytes(rng.bytes(4096))
 
 
-def generate_demo_corpus(root: str | Path, seed: int = 0, scale: float = 1.0) -> Path:
+def generate_demo_corpus(
+    root: str | Path,
+    seed: int = 0,
+    scale: float = 1.0,
+    utterance_seconds: tuple[float, float] = UTTERANCE_SECONDS,
+) -> Path:
     """Write the demo corpus under `root/<language>/...` and return `root`.
+
+    Utterance durations are uniform in `utterance_seconds` (the loader benchmark uses longer ones, like
+    MLS or VoxPopuli segments).
 
     Deterministic for a seed (audio content; Ogg container serial numbers are random in libsndfile).
     Idempotent: the marker file `root/.complete` is written last, and when it exists nothing is done.
@@ -263,8 +273,13 @@ def generate_demo_corpus(root: str | Path, seed: int = 0, scale: float = 1.0) ->
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     for index, (language, seconds) in enumerate(LANGUAGE_SECONDS.items()):
-        _write_language(root, language, index, seconds * scale, seed)
+        _write_language(root, language, index, seconds * scale, seed, utterance_seconds)
     _write_special_files(root, seed)
-    marker = {"seed": seed, "scale": scale, "languages": list(LANGUAGE_SECONDS)}
+    marker = {
+        "seed": seed,
+        "scale": scale,
+        "utterance_seconds": list(utterance_seconds),
+        "languages": list(LANGUAGE_SECONDS),
+    }
     (root / MARKER).write_text(json.dumps(marker) + "\n")
     return root
