@@ -9,6 +9,9 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+from small_models import small_config
+from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
 from xlsr.config import LossConfig, ModelConfig
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives
@@ -24,37 +27,7 @@ from xlsr.model.interop import (
     to_hf_state_dict,
 )
 
-transformers = pytest.importorskip("transformers")
-
 LAYOUTS = pytest.mark.parametrize("layer_norm", [False, True], ids=["base_shaped", "xlsr_shaped"])
-
-
-def small_config(layer_norm: bool) -> ModelConfig:
-    """BASE structure (group norm, post-LN) or XLS-R structure (layer norm, pre-LN, conv bias), tiny sizes."""
-    return ModelConfig(
-        extractor_mode="layer_norm" if layer_norm else "group_norm",
-        conv_feature_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
-        conv_bias=layer_norm,
-        layer_norm_first=layer_norm,
-        encoder_layers=2,
-        encoder_embed_dim=48,
-        encoder_ffn_embed_dim=96,
-        encoder_attention_heads=4,
-        conv_pos=16,
-        conv_pos_groups=4,
-        final_dim=24,
-        latent_vars=16,
-        latent_groups=2,
-        latent_dim=16,
-        num_negatives=10,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        dropout_input=0.0,
-        dropout_features=0.0,
-        encoder_layerdrop=0.0,
-        feature_grad_mult=1.0,
-    )
 
 
 def build_pair(cfg: ModelConfig):
@@ -167,11 +140,10 @@ def test_hf_padded_batch_parity():
 
 @LAYOUTS
 def test_torchaudio_encoder_parity(layer_norm: bool):
-    utils = pytest.importorskip("torchaudio.models.wav2vec2.utils")
     cfg = small_config(layer_norm)
     ours, hf = build_pair(cfg)
     logging.getLogger("torchaudio").setLevel(logging.ERROR)
-    imported = utils.import_huggingface_model(hf.wav2vec2).eval()
+    imported = import_huggingface_model(hf.wav2vec2).eval()
     ours.eval()
     source = torch.randn(2, 8000)
     with torch.no_grad():
