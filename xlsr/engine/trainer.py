@@ -47,9 +47,8 @@ log = logging.getLogger("xlsr.train")
 # sysexits EX_TEMPFAIL: stopped by a signal after saving; run the same command again to continue.
 PREEMPTED_EXIT_CODE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-# Device-side sums kept between logging intervals, in this order.
-SUM_KEYS = (
-    "loss",
+# Per-micro-batch sums that pretraining_loss returns in its metrics.
+LOSS_METRICS = (
     "loss_contrastive",
     "loss_diversity",
     "loss_feature_penalty",
@@ -58,12 +57,9 @@ SUM_KEYS = (
     "sample_size",
     "prob_perplexity",
     "code_perplexity",
-    "micro_batches",
-    "audio_samples",
-    "crops",
-    "grad_norm",
-    "skipped_updates",
 )
+# Device-side sums kept between logging intervals, in this order.
+SUM_KEYS = ("loss", *LOSS_METRICS, "micro_batches", "audio_samples", "crops", "grad_norm", "skipped_updates")
 
 
 class NonFiniteError(RuntimeError):
@@ -347,19 +343,7 @@ class Trainer:
         audio = source.new_tensor(source.numel()) if padding_mask is None else (~padding_mask).sum()
         values = {
             "loss": loss,
-            **{
-                k: metrics[k]
-                for k in (
-                    "loss_contrastive",
-                    "loss_diversity",
-                    "loss_feature_penalty",
-                    "correct",
-                    "count",
-                    "sample_size",
-                    "prob_perplexity",
-                    "code_perplexity",
-                )
-            },
+            **{k: metrics[k] for k in LOSS_METRICS},
             "micro_batches": 1.0,
             "audio_samples": audio,
             "crops": float(source.shape[0]),
