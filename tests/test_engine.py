@@ -124,7 +124,7 @@ def test_resume_on_another_world_size_continues_the_same_run(
     freq = {1: "optim.update_freq=2", 2: "optim.update_freq=1"}
     result = run_job(global_batches, run_dir, first, *common, freq[first], "stop_at_update=3")
     assert result.returncode == 0, result.stderr[-3000:]
-    dump = tmp_path / "restored.json"
+    dump = tmp_path / "restored.pt"
     result = run_job(
         global_batches, run_dir, second, *common, freq[second], worker_args=("--dump-params", str(dump))
     )
@@ -132,8 +132,9 @@ def test_resume_on_another_world_size_continues_the_same_run(
     assert "resumed from" in result.stderr and "written by" in result.stderr
     if backend != "deepspeed":  # the resharded weights are exactly the saved ones
         saved = load_model_state(run_dir / "checkpoints" / "step-00000003")
-        restored = json.loads(dump.read_text())
-        assert restored == {name: float(t.double().sum()) for name, t in saved.items()}
+        restored = torch.load(dump)
+        assert restored.keys() == saved.keys()
+        assert all(torch.equal(restored[name], tensor) for name, tensor in saved.items())
     assert_trajectories_close(losses(run_dir), reference)
 
 

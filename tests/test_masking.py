@@ -71,10 +71,16 @@ def test_min_masks_honoured():
 def test_short_row_range_adjustment():
     # sz - L <= n: the start range shrinks to n + 1 (fairseq), spans are clipped to sz.
     g = torch.Generator().manual_seed(4)
-    padding = torch.arange(40) >= torch.tensor([40, 12])[:, None]
-    mask = compute_mask_indices((2, 40), padding, 0.65, 10, 2, False, generator=g)
-    assert not (mask & padding).any()
-    assert mask[1].sum() >= 10
+    padding = torch.arange(40) >= torch.tensor([40, 12, 5])[:, None]
+    counts = set()
+    for _ in range(200):
+        mask = compute_mask_indices((3, 40), padding, 0.65, 10, 2, False, generator=g)
+        assert not (mask & padding).any()  # the length-5 row's span is clipped to the row
+        assert mask[2].sum() >= 4
+        counts.add(int(mask[1].sum()))
+    # Length 12, L = 10, 2 spans: starts in {0, 1, 2} give 11 or 12 masked frames; without the
+    # adjustment starts would lie in {0, 1} and 12 could never occur.
+    assert counts == {11, 12}
 
 
 def test_masking_is_deterministic_with_seed():
