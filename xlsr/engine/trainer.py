@@ -276,7 +276,9 @@ class Trainer:
         loss_factor = self.env.world_size * self.backend.loss_multiplier() / total_masked.clamp(min=1)
         layer_keep = self._layer_keep()
         losses = []
-        for index, (source, padding_mask, masks, generator) in enumerate(prepared):
+        for index, (batch, (source, padding_mask, masks, generator)) in enumerate(
+            zip(batches, prepared, strict=True)
+        ):
             with self.backend.micro_batch(last=index == len(prepared) - 1), self._autocast():
                 output = self.backend.module(
                     source, padding_mask, mask_indices=masks, generator=generator, layer_keep=layer_keep
@@ -284,7 +286,7 @@ class Trainer:
                 loss, _, metrics = pretraining_loss(output, cfg.loss)
                 self.backend.backward(loss * loss_factor)
             losses.append(loss.detach())
-            self._accumulate(loss.detach(), metrics, source, padding_mask)
+            self._accumulate(loss.detach(), metrics, batch)
         found_inf, grad_norm = self.backend.update(torch.stack(losses).sum())
         self.consecutive_nonfinite.mul_(found_inf).add_(found_inf.float())
         self.skipped_total.add_(found_inf.float())
@@ -339,14 +341,14 @@ class Trainer:
             return contextlib.nullcontext()  # FSDP's policy and DeepSpeed cast parameters themselves
         return torch.autocast(self.env.device.type, dtype=PRECISION_DTYPES[precision])
 
-    def _accumulate(self, loss, metrics, source, padding_mask) -> None:
-        audio = source.new_tensor(source.numel()) if padding_mask is None else (~padding_mask).sum()
+    def _accumulate(self, loss, metrics, batch: Batch) -> None:
+        # Host-side counts stay Python numbers: a new device tensor from a host value would sync.
         values = {
             "loss": loss,
             **{k: metrics[k] for k in LOSS_METRICS},
             "micro_batches": 1.0,
-            "audio_samples": audio,
-            "crops": float(source.shape[0]),
+            "audio_samples": float(batch.num_samples),
+            "crops": float(batch.source.shape[0]),
         }
         for key, value in values.items():
             self.sums[SUM_KEYS.index(key)] += value.float() if torch.is_tensor(value) else value
