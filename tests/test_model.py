@@ -296,3 +296,15 @@ def test_init_depends_on_the_seed_alone_unit_by_unit():
             assert torch.equal(value, root_params[name]), name
     other = Wav2Vec2Model(cfg, init_seed=6)
     assert not torch.equal(other.mask_emb, full.mask_emb)
+
+
+def test_zero_final_and_latent_dims_mean_their_defaults_everywhere():
+    """final_dim/latent_dim 0 mean 'model dim' / 'final dim' (fairseq): same model, same FLOP count."""
+    from xlsr.engine.flops import train_flops_per_crop
+
+    explicit = small_config(True, final_dim=48, latent_dim=48)
+    implicit = small_config(True, final_dim=0, latent_dim=0)
+    assert (implicit.output_dim, implicit.codevector_dim) == (48, 48)
+    shapes = {n: p.shape for n, p in Wav2Vec2Model(explicit).named_parameters()}
+    assert {n: p.shape for n, p in Wav2Vec2Model(implicit).named_parameters()} == shapes
+    assert train_flops_per_crop(implicit, 32_000) == train_flops_per_crop(explicit, 32_000)

@@ -68,6 +68,16 @@ class ModelConfig:
     # fairseq's require_same_masks: every utterance of a micro-batch gets the same masked count.
     require_same_masks: bool = True
 
+    @property
+    def output_dim(self) -> int:
+        """Size of the contrastive space (final_proj, project_q): final_dim, or the model dim if 0."""
+        return self.final_dim if self.final_dim > 0 else self.encoder_embed_dim
+
+    @property
+    def codevector_dim(self) -> int:
+        """Size of a concatenated codebook vector: latent_dim, or output_dim if 0."""
+        return self.latent_dim if self.latent_dim > 0 else self.output_dim
+
 
 @dataclass
 class LossConfig:

@@ -34,8 +34,8 @@ def train_flops_per_crop(cfg: ModelConfig, crop_samples: int, masked_fraction: f
     for (channels, kernel, _), length in zip(cfg.conv_feature_layers, lengths, strict=True):
         conv += 2 * in_channels * kernel * channels * length
         in_channels = channels
-    dim, ffn, final = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.final_dim
-    vq_dim = cfg.latent_dim or final
+    dim, ffn = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+    final, vq_dim = cfg.output_dim, cfg.codevector_dim
     codes = cfg.latent_groups * cfg.latent_vars
     per_frame = (
         2 * in_channels * dim  # feature projection

@@ -130,7 +130,3 @@ def parallelize(
             model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
     raise ValueError(f"unknown distributed.backend {cfg.backend!r}")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -87,14 +87,6 @@ _from_hf = _renamer([(hf, ours) for ours, hf in _HF_NAMES])
 _from_fairseq = _renamer(_FAIRSEQ_NAMES)
 
 
-def _vq_dim(cfg: ModelConfig) -> int:
-    return cfg.latent_dim if cfg.latent_dim > 0 else _final_dim(cfg)
-
-
-def _final_dim(cfg: ModelConfig) -> int:
-    return cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
-
-
 # --------------------------------------------------------------------------------------------------
 # Hugging Face
 
@@ -130,8 +122,8 @@ def hf_config_dict(cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> dict
         "num_conv_pos_embedding_groups": cfg.conv_pos_groups,
         "num_codevectors_per_group": cfg.latent_vars,
         "num_codevector_groups": cfg.latent_groups,
-        "codevector_dim": _vq_dim(cfg),
-        "proj_codevector_dim": _final_dim(cfg),
+        "codevector_dim": cfg.codevector_dim,
+        "proj_codevector_dim": cfg.output_dim,
         "contrastive_logits_temperature": cfg.logit_temp,
         "num_negatives": cfg.num_negatives,
         "diversity_loss_weight": loss_cfg.diversity_weight,

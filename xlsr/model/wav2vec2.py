@@ -398,8 +398,7 @@ class Wav2Vec2Model(nn.Module):
         self.cfg = cfg
         conv_dim = cfg.conv_feature_layers[-1][0]
         dim = cfg.encoder_embed_dim
-        final_dim = cfg.final_dim if cfg.final_dim > 0 else dim
-        vq_dim = cfg.latent_dim if cfg.latent_dim > 0 else final_dim
+        final_dim, vq_dim = cfg.output_dim, cfg.codevector_dim
         self.feature_extractor = ConvFeatureExtractor(cfg)
         self.layer_norm = nn.LayerNorm(conv_dim)
         self.post_extract_proj = nn.Linear(conv_dim, dim) if conv_dim != dim else None
