@@ -61,6 +61,9 @@ class FixedBatches:
     def load_state_dict(self, state: dict, updates_done: int) -> None:
         self.consumed = state["consumed"]
 
+    def skipped(self) -> dict[str, int]:
+        return {}  # pre-made batches: nothing to skip
+
     def reseed(self, updates_done: int, reason: str) -> None:
         self.consumed = updates_done * self.update_freq
 

@@ -169,6 +169,17 @@ def test_truncated_shard_is_skipped_not_fatal(demo_index, tmp_path):
     stream = DataStream(data_config(tmp_path / "index.json"), seed=0)
     batches = take(stream, 15)
     assert all(math.isfinite(float(b.source.abs().sum())) for b in batches)
+    # One full pass of the broken shard's stream reads it, counts it, and moves on to the others.
+    cfg = data_config(tmp_path / "index.json")
+    specs, _, _ = build_stream_specs(cfg)
+    pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=0)
+    stream_id = next(i for i, spec in enumerate(specs) if str(broken) in [s.url for s in spec.shards])
+    reader, keys = pipeline.readers[stream_id], set()
+    while (item := reader.next())[0][1] == 0:
+        keys.add(item[1].key)
+    assert pipeline.counters["broken_units"] == 1
+    others = [s for s in specs[stream_id].shards if s.url != str(broken)]
+    assert {sample.key for shard in others for sample in shards.iter_shard(shard.url)} <= keys
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

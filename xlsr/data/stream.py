@@ -78,7 +78,9 @@ def plan_units(shards: tuple[ShardInfo, ...], num_slots: int) -> list[tuple[int,
 class UnitReader:
     """Reads one stream's units assigned to a slot, in a reshuffled order every pass, forever."""
 
-    def __init__(self, stream_id: int, spec: StreamSpec, slot: int, num_slots: int, seed: int):
+    def __init__(
+        self, stream_id: int, spec: StreamSpec, slot: int, num_slots: int, seed: int, counters: Counter[str]
+    ):
         self.stream_id = stream_id
         self.spec = spec
         units = plan_units(spec.shards, num_slots)
@@ -87,7 +89,7 @@ class UnitReader:
         self.seed = (seed, stream_id, slot)
         self.pass_, self.position, self.offset = 0, 0, 0
         self._samples: Iterator[RawSample] | None = None
-        self.broken_units = 0
+        self.counters = counters  # the slot's skip counts (shared)
 
     def _order(self, pass_: int) -> np.ndarray:
         return np.random.default_rng([*self.seed, pass_]).permutation(len(self.units))
@@ -106,7 +108,7 @@ class UnitReader:
             try:
                 sample = next(self._samples, None)
             except Exception:  # a truncated or corrupt tar: count it, move on to the next unit
-                self.broken_units += 1
+                self.counters["broken_units"] += 1
                 sample = None
             if sample is not None:
                 ref = (self.stream_id, self.pass_, self.position, self.offset)
@@ -160,7 +162,10 @@ class SlotPipeline:
                 f"data.max_tokens ({cfg.max_tokens})"
             )
         self.cfg = cfg
-        self.readers = [UnitReader(i, spec, slot, num_slots, seed) for i, spec in enumerate(specs)]
+        self.counters: Counter[str] = Counter()  # samples batched, and skips by reason
+        self.readers = [
+            UnitReader(i, spec, slot, num_slots, seed, self.counters) for i, spec in enumerate(specs)
+        ]
         self.probs = np.array([spec.utterance_prob for spec in specs], dtype=np.float64)
         self.probs /= self.probs.sum()
         # What Generator.choice(p=probs) computes on every call (the same draws), computed once.
@@ -171,7 +176,6 @@ class SlotPipeline:
         edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
         self.bucket_edges = np.ceil(edges).astype(np.int64)
         self.buckets: list[list[tuple[SampleRef, RawSample]]] = [[] for _ in range(cfg.num_buckets)]
-        self.counters: Counter[str] = Counter()
         self.scratch = np.empty(0, dtype=np.float32)  # whole utterances, for normalisation
 
     # -- sample flow ------------------------------------------------------------------------------
@@ -302,4 +306,5 @@ class SlotPipeline:
             )
         self.shuffle = [(tuple(ref), samples[tuple(ref)]) for ref in state["shuffle"]]
         self.buckets = [[(tuple(ref), samples[tuple(ref)]) for ref in bucket] for bucket in state["buckets"]]
-        self.counters = Counter(state["counters"])
+        self.counters.clear()  # in place: the readers share it
+        self.counters.update(state["counters"])

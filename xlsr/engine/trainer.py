@@ -58,6 +58,7 @@ LOSS_METRICS = (
     "prob_perplexity",
     "code_perplexity",
 )
+DATA_SKIP_REASONS = ("too_short", "undecodable", "broken_units")
 # Device-side sums kept between logging intervals, in this order.
 SUM_KEYS = ("loss", *LOSS_METRICS, "micro_batches", "audio_samples", "crops", "grad_norm", "skipped_updates")
 
@@ -341,6 +342,15 @@ class Trainer:
             return contextlib.nullcontext()  # FSDP's policy and DeepSpeed cast parameters themselves
         return torch.autocast(self.env.device.type, dtype=PRECISION_DTYPES[precision])
 
+    def _data_skips(self) -> dict[str, float]:
+        """Utterances and shard units skipped so far by every rank's loader, by reason."""
+        skipped = self.data.skipped()
+        counts = torch.tensor([float(skipped.get(reason, 0)) for reason in DATA_SKIP_REASONS])
+        if self.env.world_size > 1:
+            dist.all_reduce(counts, group=self.env.cpu_group)
+        totals = zip(DATA_SKIP_REASONS, counts.tolist(), strict=True)
+        return {f"data_skipped_{reason}": count for reason, count in totals}
+
     def _accumulate(self, loss, metrics, batch: Batch) -> None:
         # Host-side counts stay Python numbers: a new device tensor from a host value would sync.
         values = {
@@ -389,6 +399,7 @@ class Trainer:
             "masked_frames_per_update": s["sample_size"] / updates,
             "crops_per_update": s["crops"] / updates,
         }
+        metrics.update(self._data_skips())
         metrics["diversity"] = metrics["loss_diversity"] / BITS / max(self.cfg.loss.diversity_weight, 1e-12)
         mean_crop = s["audio_samples"] / max(s["crops"], 1)
         flops_per_audio_s = train_flops_per_crop(self.cfg.model, int(mean_crop)) / (mean_crop / SAMPLE_RATE)
