@@ -1,0 +1,179 @@
+"""The dependency rule between xlsr's packages, checked on every import in the source tree.
+
+Every ``import``/``from ... import`` statement counts, including the lazy ones inside functions.
+The rule (docs/architecture.md):
+
+- the library ``xlsr`` imports neither ``sharding`` nor ``launchers``;
+- ``sharding`` may import the library, never ``launchers``;
+- ``launchers`` may import the library and ``sharding``;
+- inside the library, ``xlsr.model`` and ``xlsr.data`` import nothing from ``xlsr.engine``, and
+  ``xlsr.model`` nothing from ``xlsr.data``;
+- command-line modules (``*.cli``, ``*.__main__``, ``xlsr.demo``) are leaves: only other
+  command-line modules import them;
+- there is no import cycle between modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("xlsr", "sharding", "launchers")
+ENTRY_MODULES = {"xlsr.demo"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every module named by an import statement anywhere in the file (relative ones resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(path, module):
+            while name and name not in modules:  # `xlsr.config.load_config` -> `xlsr.config`
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def is_entry(module: str) -> bool:
+    last = module.rpartition(".")[2]
+    return last in ("cli", "__main__") or module in ENTRY_MODULES
+
+
+def layer(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def forbidden(source: str, target: str) -> str | None:
+    """Why ``source`` may not import ``target``, or None if it may."""
+    if is_entry(target) and not is_entry(source):
+        return "command-line modules are leaves"
+    if is_entry(source):
+        return None
+    allowed = {"xlsr": {"xlsr"}, "sharding": {"xlsr", "sharding"}, "launchers": set(PACKAGES)}
+    if layer(target) not in allowed[layer(source)]:
+        return f"{layer(source)} may not import {layer(target)}"
+    for lower, upper in (("xlsr.model", "xlsr.engine"), ("xlsr.data", "xlsr.engine"), ("xlsr.model", "xlsr.data")):
+        if (source == lower or source.startswith(lower + ".")) and (
+            target == upper or target.startswith(upper + ".")
+        ):
+            return f"{lower} may not import {upper}"
+    return None
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph(project_modules())
+
+
+def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
+    source = tmp_path / "pkg" / "mod.py"
+    source.parent.mkdir()
+    source.write_text("def f():\n    from . import other\n    import xlsr.engine.trainer\n")
+    names = imported_names(source, "pkg.mod")
+    assert {"pkg.other", "xlsr.engine.trainer"} <= names
+
+
+def test_no_import_cycles(graph):
+    assert cycles(graph) == []
+
+
+def test_cycle_detection_finds_a_planted_cycle(graph):
+    planted = {module: set(targets) for module, targets in graph.items()}
+    planted["xlsr.config"].add("xlsr.engine.trainer")  # the trainer imports config
+    assert any("xlsr.config" in component for component in cycles(planted))
+
+
+def test_dependency_direction(graph):
+    violations = [
+        f"{source} -> {target}: {why}"
+        for source, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if (why := forbidden(source, target))
+    ]
+    assert violations == []
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("xlsr.engine.trainer", "launchers.local"),
+        ("xlsr.data.loader", "sharding.writer"),
+        ("sharding.writer", "launchers.local"),
+        ("launchers.local", "xlsr.cli"),
+        ("xlsr.model.wav2vec2", "xlsr.engine.distributed"),
+    ],
+)
+def test_the_rule_rejects_forbidden_directions(source, target):
+    assert forbidden(source, target) is not None
