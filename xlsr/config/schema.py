@@ -1,32 +1,25 @@
-"""Typed configuration.
+"""The config dataclasses: every field, its default and its meaning.
 
-Config flows one way: a YAML recipe, then dotted command-line overrides (``optim.lr=5e-4``), are
-validated into the dataclasses below, which the components consume. Unknown or mistyped keys are
-errors that name the key, the file and the valid choices. Field defaults are the wav2vec 2.0 BASE
-values of fairseq's ``Wav2Vec2Config`` (../shared/reference/wav2vec2_xlsr_spec.md §1.2).
+Field defaults are the wav2vec 2.0 BASE values: fairseq's ``Wav2Vec2Config`` in
+``fairseq/models/wav2vec/wav2vec2.py`` and its ``wav2vec2_base_librispeech.yaml`` recipe
+(arXiv 2006.11477). Named architectures are in :mod:`xlsr.config.presets`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import os
-import tempfile
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
+from xlsr.process import UserError
+
+# Audio samples per second the model consumes; shards are resampled to it (wav2vec 2.0 and XLS-R use 16 kHz).
+SAMPLE_RATE = 16_000
 
 
-class ConfigError(ValueError):
-    """A config file or override does not match the schema."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Schema
+class ConfigError(UserError, ValueError):
+    """A config file or override does not match the schema or breaks a rule (exit code 2, one line)."""
 
 
 @dataclass
@@ -77,6 +70,23 @@ class ModelConfig:
     def codevector_dim(self) -> int:
         """Size of a concatenated codebook vector: latent_dim, or output_dim if 0."""
         return self.latent_dim if self.latent_dim > 0 else self.output_dim
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """Encoder frames per second of audio: SAMPLE_RATE over the product of the conv strides (50)."""
+        return SAMPLE_RATE / math.prod(stride for _, _, stride in self.conv_feature_layers)
+
+    def conv_output_lengths(self, num_samples: int) -> list[int]:
+        """Length after each conv block: floor((L - kernel) / stride) + 1 (no padding); 0 once too short."""
+        lengths, length = [], num_samples
+        for _, kernel, stride in self.conv_feature_layers:
+            length = (length - kernel) // stride + 1 if length >= kernel else 0
+            lengths.append(length)
+        return lengths
+
+    def num_frames(self, num_samples: int) -> int:
+        """Encoder frames for ``num_samples`` audio samples (32,000 → 99 for the standard encoder)."""
+        return self.conv_output_lengths(num_samples)[-1] if self.conv_feature_layers else num_samples
 
 
 @dataclass
@@ -222,155 +232,3 @@ class TrainConfig:
     @property
     def last_update(self) -> int:
         return self.stop_at_update if self.stop_at_update is not None else self.optim.max_update
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_config(path: str | os.PathLike | None, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
-    """Read a YAML recipe, apply ``a.b=value`` overrides and validate into ``cls``."""
-    source = str(path) if path else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    for override in overrides:
-        _apply_override(raw, override)
-    return from_dict(cls, raw, source=source)
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, value = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {override!r} must look like section.key=value")
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-
-
-def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""
-    where = prefix.rstrip(".") or "top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}'{hint}; valid keys under '{where}': "
-                + ", ".join(fields)
-            )
-    values = {key: _convert(hints[key], value, source, f"{prefix}{key}") for key, value in data.items()}
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, source, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, source, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        if origin is list:
-            return [_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{source}: '{key}' must have {len(args)} entries, got {value!r}")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_convert(a, v, source, f"{key}[{i}]") for i, (a, v) in pairs)
-    return _convert_scalar(hint, value, source, key)
-
-
-def _convert_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is Any:
-        return value
-    raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Saving
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, YAML-safe data (tuples become lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def dump_config(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    atomic_write_text(path, dump_config(cfg))

@@ -1,0 +1,46 @@
+"""Typed configuration.
+
+Config flows one way: a YAML recipe, then dotted command-line overrides (``optim.lr=5e-4``), are
+converted into the dataclasses of :mod:`xlsr.config.schema` (a ``model.preset`` from
+:mod:`xlsr.config.presets` supplies the model fields a recipe does not set), checked by
+:func:`xlsr.config.validation.validate`, and consumed by the components. See docs/configuration.md.
+"""
+
+from xlsr.config.loading import PRESET_KEY, dump_config, from_dict, load_config, save_config, to_dict
+from xlsr.config.presets import MODEL_PRESETS
+from xlsr.config.schema import (
+    SAMPLE_RATE,
+    CheckpointConfig,
+    ConfigError,
+    DataConfig,
+    DistributedConfig,
+    LauncherConfig,
+    LoggingConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
+from xlsr.config.validation import validate
+
+__all__ = [
+    "MODEL_PRESETS",
+    "PRESET_KEY",
+    "SAMPLE_RATE",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "LauncherConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+    "validate",
+]
