@@ -3,7 +3,7 @@
 Two contenders, measured in the same run on the same shards, their repeats interleaved:
 
 - **decode only**: read the tars with ``xlsr.data.shards.iter_shard`` and decode every whole sample with
-  ``xlsr.data.shards.decode_audio_into`` (the loader's decoder) into one reused buffer, timing only the
+  ``xlsr.data.shards.decode_sample_into`` (the loader's decoder) into one reused buffer, timing only the
   decode calls. This is the ceiling: FLAC decoding and nothing else.
 - **loader**: ``xlsr.data.loader.DataStream`` with ``num_workers=0`` (one in-process slot, so one core):
   tar reading, upsampled mixing, shuffle buffer, buckets, decode, normalize, crop, pad, collate.
@@ -49,7 +49,9 @@ import torch  # noqa: E402
 
 from xlsr.config import load_config  # noqa: E402
 from xlsr.data.loader import DataStream  # noqa: E402
-from xlsr.data.shards import decode_audio_into, iter_shard, read_index  # noqa: E402
+from xlsr.data.shard_format import INDEX_NAME, read_index  # noqa: E402
+from xlsr.data.shards import decode_sample_into, iter_shard  # noqa: E402
+from xlsr.fileio import atomic_write_text  # noqa: E402
 
 SAMPLE_RATE = 16_000
 REPO = Path(__file__).resolve().parent.parent
@@ -81,19 +83,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_demo_shards(directory: Path, scale: float, utterance_seconds: tuple[float, float]) -> Path:
-    from sharding.manifest import scan_directory
+    from sharding import ShardJob, shard
     from sharding.synthetic import generate_demo_corpus
-    from sharding.writer import ShardWriterConfig, write_shards
 
     corpus = generate_demo_corpus(directory / "corpus", scale=scale, utterance_seconds=utterance_seconds)
     out = directory / "shards"
-    if not (out / "index.json").is_file():
+    if not (out / INDEX_NAME).is_file():
         # Small shards, so the bigger languages have several (as a real shard set does).
-        config = ShardWriterConfig(
-            out_dir=out, shard_size_bytes=2_000_000, workers=min(2, os.cpu_count() or 1)
+        workers = min(2, os.cpu_count() or 1)
+        shard(
+            ShardJob(corpus, out, corpus="demo", shard_size_bytes=2_000_000, workers=workers, progress=False)
         )
-        write_shards(scan_directory(corpus, "demo"), config, progress=False)
-    return out / "index.json"
+    return out / INDEX_NAME
 
 
 def decode_round(urls: list[str], passes: int = 1) -> tuple[float, float, float, dict[str, int]]:
@@ -105,7 +106,7 @@ def decode_round(urls: list[str], passes: int = 1) -> tuple[float, float, float,
             if len(buffer) < sample.num_samples:
                 buffer = np.empty(sample.num_samples, dtype=np.float32)
             w0, c0 = time.perf_counter(), time.process_time()
-            decoded = decode_audio_into(sample, buffer[: sample.num_samples])
+            decoded = decode_sample_into(sample, buffer[: sample.num_samples])
             cpu += time.process_time() - c0
             wall += time.perf_counter() - w0
             audio += decoded
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, index: Path) -> int:
     cfg = load_config(args.config, [f"data.train=[{index}]", "data.num_workers=0", *args.overrides])
     data_cfg = cfg.data
-    shards = read_index(index)
+    shards = read_index(index).shards
     urls = [s.url for s in shards]
     corpus_seconds = sum(s.seconds for s in shards)
     seconds = args.seconds or max(corpus_seconds, 1800.0)
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace, index: Path) -> int:
         print(out.getvalue())
 
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -1,10 +1,19 @@
 """Raw corpora to 16 kHz mono WebDataset shards, per (corpus, language), with an index.
 
+The entry points are `shard(ShardJob(...)) -> ShardResult` and `stats(index_path, ...) -> StatsResult`
+(module `api`); they raise `ShardError` for user errors and never print. The modules behind them:
+
 - `manifest`: find the audio files of a corpus (directory tree, TSV/JSONL manifest, Common Voice, MLS,
   VoxPopuli) as `SourceRecord`s.
-- `audio`: decode, downmix and resample one file, or say why it is unusable (`AudioError.reason`).
+- `audio`: decode, downmix and resample one source file, or say why it is unusable (`AudioError.reason`).
 - `writer`: plan shards deterministically, write them (in parallel, resumably) and merge the index.
-- `stats`: hours per stream, upsampling table and plot from an index.
+- `hours`: hours per stream, upsampling table and plot from an index.
 - `synthetic`: a small, speech-like multilingual demo corpus.
-- `cli`: the `xlsr shard` and `xlsr stats` subcommands.
+- `cli`: the `xlsr shard` and `xlsr stats` subcommands (argument parsing and printing only).
+
+The index format itself lives in the library, `xlsr.data.shard_format`, shared with the loader.
 """
+
+from sharding.api import ShardError, ShardJob, ShardResult, StatsResult, TaskShare, shard, stats
+
+__all__ = ["ShardError", "ShardJob", "ShardResult", "StatsResult", "TaskShare", "shard", "stats"]

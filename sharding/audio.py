@@ -39,7 +39,7 @@ class DecodedAudio:
     source_channels: int
 
 
-def decode_audio(
+def decode_file(
     path: str | os.PathLike, target_sr: int = 16000, min_seconds: float = 0.25, drop_silent: bool = False
 ) -> DecodedAudio:
     """Read, downmix, resample and validate `path`; raise `AudioError` for unusable audio."""
@@ -62,13 +62,6 @@ def decode_audio(
     if drop_silent and float(np.abs(samples).max()) < SILENCE_PEAK:
         raise AudioError("silent", f"{path}: peak amplitude below {SILENCE_PEAK}")
     return DecodedAudio(np.ascontiguousarray(samples), target_sr, int(source_sr), int(channels))
-
-
-def load_audio(
-    path: str | os.PathLike, target_sr: int = 16000, min_seconds: float = 0.25, drop_silent: bool = False
-) -> np.ndarray:
-    """Float32 mono samples of `path` at `target_sr`; raises `AudioError` (see `decode_audio`)."""
-    return decode_audio(path, target_sr, min_seconds, drop_silent).samples
 
 
 def resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:

@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# Extensions (lower case) that the directory scan and importers pick up. libsndfile >= 1.0.29 decodes
-# Ogg Opus, and the soundfile wheels ship 1.2.x, so MLS's opus release is imported too.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+# Suffixes (lower case) of the source audio files that the directory scan and importers pick up.
+# libsndfile >= 1.0.29 decodes Ogg Opus, and the soundfile wheels ship 1.2.x, so MLS's opus release
+# is imported too.
+SOURCE_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 LAYOUTS = ("dir", "manifest", "commonvoice", "mls", "voxpopuli")
 
 # Corpus and language names become directory names and parts of WebDataset keys, where a '.' would
 # split the key (WebDataset cuts keys at the first dot) and a '/' would add a directory level.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_MANIFEST_FIELDS = ("path", "language", "corpus", "speaker", "duration")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def check_name(value: str, what: str, where: str = "") -> str:
 
 
 def is_audio_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS
+    return path.is_file() and path.suffix.lower() in SOURCE_AUDIO_SUFFIXES
 
 
 def _sorted_audio_files(root: Path, pattern: str = "**/*") -> list[Path]:

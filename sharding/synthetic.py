@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from xlsr.fileio import atomic_write_text
+
 # Seconds of audio per language at scale 1.0 (12.5 minutes in all), deliberately unbalanced.
 LANGUAGE_SECONDS = {"en": 360.0, "de": 180.0, "sw": 90.0, "yo": 60.0, "eu": 40.0, "mt": 20.0}
 SAMPLE_RATES = (8000, 16000, 22050, 44100, 48000)
@@ -281,5 +283,5 @@ def generate_demo_corpus(
         "utterance_seconds": list(utterance_seconds),
         "languages": list(LANGUAGE_SECONDS),
     }
-    (root / MARKER).write_text(json.dumps(marker) + "\n")
+    atomic_write_text(root / MARKER, json.dumps(marker) + "\n")
     return root

@@ -15,8 +15,9 @@ Design, in the order things happen:
    was bad). A rerun skips complete shards and rewrites the rest.
 4. **Index.** `build_index` merges the sidecars into `index.json` and `skipped.tsv`.
 
-Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16) and `<key>.json`. Tars are
-byte-identical across runs: fixed member order, mtime 0, deterministic FLAC encoding.
+Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16) and `<key>.json`
+(`xlsr.data.shard_format`). Tars are byte-identical across runs: fixed member order, mtime 0,
+deterministic FLAC encoding.
 """
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from sharding.audio import AudioError, DecodedAudio, decode_audio
+from sharding.audio import AudioError, DecodedAudio, decode_file
 from sharding.manifest import SourceRecord, check_name
-from xlsr.config import atomic_write_text
+from xlsr.data.shard_format import (
+    AUDIO_FORMATS,
+    AUDIO_MEMBER_EXTENSION,
+    INDEX_VERSION,
+    META_MEMBER_EXTENSION,
+    make_index,
+    shard_entry,
+    write_index,
+)
+from xlsr.fileio import atomic_write_text, fsync_dir
 
-INDEX_VERSION = 1
-INDEX_NAME = "index.json"
 PLAN_NAME = "plan.json"
 SKIPPED_NAME = "skipped.tsv"
 SKIPPED_COLUMNS = ("path", "corpus", "language", "reason", "detail")
@@ -74,8 +82,8 @@ class ShardWriterConfig:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if self.audio_format not in ("flac", "int16"):
-            raise ValueError(f"audio_format must be 'flac' or 'int16', got {self.audio_format!r}")
+        if self.audio_format not in AUDIO_FORMATS:
+            raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {self.audio_format!r}")
         if self.sample_rate <= 0 or self.shard_size_bytes <= 0 or self.workers < 1:
             raise ValueError("sample_rate, shard_size_bytes and workers must be positive")
         if self.max_seconds is not None and self.max_seconds < max(self.min_seconds, 1.0 / self.sample_rate):
@@ -235,7 +243,7 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
                 skipped.append(_skip(record, "duplicate", "listed more than once in this stream"))
                 continue
             try:
-                decoded = decode_audio(record.path, cfg.sample_rate, cfg.min_seconds, cfg.drop_silent)
+                decoded = decode_file(record.path, cfg.sample_rate, cfg.min_seconds, cfg.drop_silent)
             except AudioError as exc:
                 skipped.append(_skip(record, exc.reason, str(exc).removeprefix(f"{record.path}: ")))
                 continue
@@ -260,7 +268,10 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
     }
     atomic_write_text(paths.sidecar, json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
     if samples:
+        # Published after its sidecar, under a fixed temporary name so that a rerun overwrites what a
+        # killed task left behind.
         os.replace(paths.tmp, paths.tar)
+        fsync_dir(paths.tar.parent)
     else:  # nothing usable: no tar, and no stale one from an earlier plan either
         paths.tmp.unlink()
         paths.tar.unlink(missing_ok=True)
@@ -322,7 +333,11 @@ def _tar_samples(
         }
         offset += len(segment)
         yield (
-            {"__key__": key, extension: audio, "json": json.dumps(meta, sort_keys=True).encode()},
+            {
+                "__key__": key,
+                extension: audio,
+                META_MEMBER_EXTENSION: json.dumps(meta, sort_keys=True).encode(),
+            },
             len(segment),
         )
 
@@ -331,10 +346,10 @@ def encode_audio(samples: np.ndarray, sample_rate: int, audio_format: str) -> tu
     """(member extension, bytes). Clipping first: libsndfile wraps, not clips, out-of-range floats."""
     clipped = np.clip(samples, -1.0, 1.0)
     if audio_format == "int16":
-        return "s16", np.round(clipped * 32767.0).astype("<i2").tobytes()
+        return AUDIO_MEMBER_EXTENSION["int16"], np.round(clipped * 32767.0).astype("<i2").tobytes()
     buffer = io.BytesIO()
     sf.write(buffer, clipped, sample_rate, format="FLAC", subtype="PCM_16")
-    return "flac", buffer.getvalue()
+    return AUDIO_MEMBER_EXTENSION["flac"], buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,21 +446,19 @@ def build_index(out_dir: str | os.PathLike) -> dict[str, Any]:
         ({**row, "corpus": s["corpus"], "language": s["language"]} for s in sidecars for row in s["skipped"]),
         key=lambda row: (row["path"], row["corpus"], row["language"]),
     )
-    index = {
-        "version": INDEX_VERSION,
-        "sample_rate": settings["sample_rate"],
-        "audio_format": settings["audio_format"],
-        "shards": [
-            {k: s[k] for k in ("path", "corpus", "language", "samples")} | {"seconds": _seconds(s)}
-            for s in shards
+    index = make_index(
+        sample_rate=settings["sample_rate"],
+        audio_format=settings["audio_format"],
+        shards=[
+            shard_entry(s["path"], s["corpus"], s["language"], s["samples"], _seconds(s)) for s in shards
         ],
-        "totals": _totals(shards),
-        "skipped": {
+        totals=_totals(shards),
+        skipped={
             "count": len(skipped),
             "by_reason": dict(sorted(Counter(r["reason"] for r in skipped).items())),
         },
-    }
-    atomic_write_text(out_dir / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+    )
+    write_index(out_dir, index)
     atomic_write_text(out_dir / SKIPPED_NAME, _skipped_tsv(skipped))
     return index
 

@@ -18,8 +18,10 @@ import torch
 from xlsr.config import DataConfig
 from xlsr.data import shards
 from xlsr.data.loader import DataStream, build_stream_specs
+from xlsr.data.shard_format import ShardIndexError
 from xlsr.data.stream import SlotPipeline
 from xlsr.data.upsampling import upsampling_probabilities
+from xlsr.seeding import derive_seed
 
 
 def data_config(index, **changes) -> DataConfig:
@@ -139,10 +141,27 @@ def test_topology_change_reseeds_and_says_so(demo_index, caplog):
     single = DataStream(cfg, seed=5, rank=0, world_size=1)
     with caplog.at_level(logging.WARNING):
         single.load_state_dict(two_ranks.state_dict(), updates_done=3)
-    assert "data topology changed" in caplog.text
+    assert "data topology changed (world size 2 -> 1" in caplog.text
+    assert single.seed == derive_seed(5, "data_reseed", 3) and single.base_seed == 5
     fresh = take(DataStream(cfg, seed=5), 2)
-    continued = take(single, 2)
-    assert [b.keys for b in continued] != [b.keys for b in fresh]  # no silent replay
+    continued = take(single, 4)
+    assert [b.keys for b in continued[:2]] != [b.keys for b in fresh]  # no silent replay
+
+    # A later resume on the same topology continues the reseeded stream exactly, without a warning.
+    state = json.loads(json.dumps(single.state_dict()))
+    reference = take(single, 2)
+    caplog.clear()
+    resumed = DataStream(cfg, seed=5, rank=0, world_size=1)
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(state, updates_done=5)
+    assert caplog.text == "" and resumed.seed == single.seed
+    assert_same_batches(take(resumed, 2), reference)
+
+    # A checkpoint of another run seed restarts the stream, and says why.
+    other = DataStream(cfg, seed=6, rank=0, world_size=1)
+    with caplog.at_level(logging.WARNING):
+        other.load_state_dict(state, updates_done=5)
+    assert "the seed changed (5 -> 6)" in caplog.text and other.seed == derive_seed(6, "data_reseed", 5)
 
 
 def test_pipe_urls_stream_like_files(demo_index, tmp_path):
@@ -183,7 +202,7 @@ def test_truncated_shard_is_skipped_not_fatal(demo_index, tmp_path):
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="run `xlsr shard` first"):
+    with pytest.raises(ShardIndexError, match=r"shard index not found: .*nope\.json \(run `xlsr shard"):
         DataStream(data_config(tmp_path / "nope.json"), seed=0)
 
 
@@ -232,7 +251,7 @@ def test_tar_reader_agrees_with_webdataset(demo_index, tmp_path):
         got = list(shards.iter_shard(str(path)))
         assert got == webdataset_samples(str(path)) and len(got) == 3
         assert got[0].key == f"deep/{'x' * 120}/utt0"
-        assert len(shards.decode_audio(got[2])) == 1602
+        assert len(shards.decode_sample(got[2])) == 1602
 
 
 def test_corrupt_tar_is_a_tar_format_error(demo_index, tmp_path):
@@ -259,10 +278,10 @@ def test_decoding_a_crop_into_a_buffer_equals_cropping_the_whole(audio_format):
     else:
         audio = (wave * 32767).astype("<i2").tobytes()
     raw = shards.RawSample("k", audio, audio_format, len(wave), "en", "c")
-    whole = shards.decode_audio(raw)
+    whole = shards.decode_sample(raw)
     for start, size in ((0, 20_000), (4_321, 8_000), (15_000, 8_000)):  # the last runs past the end
         out = np.full(size, np.nan, dtype=np.float32)
-        written = shards.decode_audio_into(raw, out, start)
+        written = shards.decode_sample_into(raw, out, start)
         assert written == min(size, len(wave) - start)
         np.testing.assert_array_equal(out[:written], whole[start : start + written])
 
@@ -275,7 +294,7 @@ def test_normalised_rows_are_the_whole_utterance_normalised(demo_index):
     checked = 0
     for batch in take(stream, 4):
         for row, key in enumerate(batch.keys):
-            wave = shards.decode_audio(by_key[key])
+            wave = shards.decode_sample(by_key[key])
             expected = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
             np.testing.assert_allclose(batch.source[row, : len(wave)].numpy(), expected, atol=2e-5)
             assert not batch.source[row, len(wave) :].any()

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sharding.audio import AudioError, decode_audio, load_audio
-from sharding.cli import add_shard_arguments, add_stats_arguments, parse_size, run_shard, run_stats
+from sharding import ShardError, ShardJob, shard, stats
+from sharding.audio import AudioError, decode_file
+from sharding.cli import add_shard_arguments, add_stats_arguments, main, parse_size, run_shard, run_stats
+from sharding.hours import format_hours_table, plot_hours, stream_hours
 from sharding.manifest import (
     SourceRecord,
     import_common_voice,
@@ -24,9 +26,9 @@ from sharding.manifest import (
     read_manifest,
     scan_directory,
 )
-from sharding.stats import format_hours_table, load_index, plot_hours, stream_hours
 from sharding.synthetic import LANGUAGE_SECONDS, SAMPLE_RATES, generate_demo_corpus
 from sharding.writer import ShardWriterConfig, build_index, read_skipped, write_shards
+from xlsr.data.shard_format import ShardIndexError, read_index
 
 SCALE = 0.08  # about a minute of audio: enough for several shards per large stream, fast to shard
 
@@ -181,27 +183,27 @@ def test_corpus_importers(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("extension", "subtype"), [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS")])
-def test_load_audio_formats(tmp_path: Path, extension: str, subtype: str):
+def test_decode_file_formats(tmp_path: Path, extension: str, subtype: str):
     path = tmp_path / f"x.{extension}"
     sf.write(path, sine(300, 16000, 1.0), 16000, subtype=subtype)
-    audio = load_audio(path)
+    audio = decode_file(path).samples
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert abs(len(audio) - 16000) <= 64  # vorbis may pad a few samples
     assert abs(peak_frequency(audio, 16000) - 300) < 2
 
 
-def test_load_audio_downmixes_stereo(tmp_path: Path):
+def test_decode_file_downmixes_stereo(tmp_path: Path):
     left, right = sine(200, 16000, 0.5, 0.4), sine(200, 16000, 0.5, 0.2)
     sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    decoded = decode_audio(tmp_path / "s.wav")
+    decoded = decode_file(tmp_path / "s.wav")
     assert decoded.source_channels == 2
     np.testing.assert_allclose(decoded.samples, (left + right) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize("source_sr", [8000, 44100])
-def test_load_audio_resamples_to_16k(tmp_path: Path, source_sr: int):
+def test_decode_file_resamples_to_16k(tmp_path: Path, source_sr: int):
     sf.write(tmp_path / "r.wav", sine(440, source_sr, 2.0), source_sr, subtype="PCM_16")
-    decoded = decode_audio(tmp_path / "r.wav")
+    decoded = decode_file(tmp_path / "r.wav")
     assert decoded.source_sample_rate == source_sr and decoded.sample_rate == 16000
     assert len(decoded.samples) == 32000
     assert abs(peak_frequency(decoded.samples, 16000) - 440) < 1.0
@@ -224,12 +226,12 @@ def test_audio_error_reasons(tmp_path: Path):
     }
     for name, reason in expected.items():
         with pytest.raises(AudioError) as info:
-            load_audio(tmp_path / name)
+            decode_file(tmp_path / name)
         assert info.value.reason == reason, name
         assert name in str(info.value)
-    assert len(load_audio(tmp_path / "silent.wav")) == 16000  # silence is only dropped on request
+    assert len(decode_file(tmp_path / "silent.wav").samples) == 16000  # dropped only on request
     with pytest.raises(AudioError) as info:
-        load_audio(tmp_path / "silent.wav", drop_silent=True)
+        decode_file(tmp_path / "silent.wav", drop_silent=True)
     assert info.value.reason == "silent"
 
 
@@ -295,10 +297,10 @@ def test_write_shards_end_to_end(demo: Path, sharded: tuple[Path, dict]):
     seconds = sum(meta["duration"] for meta in metas)
     assert seconds == pytest.approx(index["totals"]["seconds"])
     assert sum(s["seconds"] for s in index["shards"]) == pytest.approx(seconds)
-    for shard in index["shards"]:
-        in_shard = [m for m, s in zip(metas, samples, strict=True) if s["__url__"].endswith(shard["path"])]
-        assert len(in_shard) == shard["samples"]
-        assert {(m["corpus"], m["language"]) for m in in_shard} == {(shard["corpus"], shard["language"])}
+    for entry in index["shards"]:
+        in_shard = [m for m, s in zip(metas, samples, strict=True) if s["__url__"].endswith(entry["path"])]
+        assert len(in_shard) == entry["samples"]
+        assert {(m["corpus"], m["language"]) for m in in_shard} == {(entry["corpus"], entry["language"])}
     hours = index["totals"]["hours_by_language"]
     assert set(hours) == set(LANGUAGE_SECONDS) and sum(hours.values()) == pytest.approx(seconds / 3600)
 
@@ -369,11 +371,18 @@ def test_changed_settings_invalidate_finished_shards(demo: Path, sharded: tuple[
 def test_task_slicing_writes_disjoint_shards_and_merges(
     demo: Path, sharded: tuple[Path, dict], tmp_path: Path
 ):
-    records = scan_directory(demo, "demo")
-    cfg = shard_config(tmp_path)
-    parts = [write_shards(records, cfg, task_index=i, num_tasks=2, progress=False) for i in (0, 1)]
-    assigned = [set(p["assigned"]) for p in parts]
+    jobs = [
+        ShardJob(
+            demo, tmp_path, corpus="demo", shard_size_bytes=400_000, task_index=i, num_tasks=2, progress=False
+        )
+        for i in (0, 1)
+    ]
+    parts = [shard(job) for job in jobs]
+    assert all(part.index is None and part.task is not None for part in parts)
+    assigned = [set(part.task.assigned) for part in parts]
     assert assigned[0] and assigned[1] and not assigned[0] & assigned[1]
+    assert parts[1].task.written == len(assigned[1]) and parts[1].task.planned == len(sharded[1]["shards"])
+    assert parts[0].summary().startswith(f"task 0/2: {len(assigned[0])} shard(s) ({len(assigned[0])} written")
     assert not (tmp_path / "index.json").exists()
     assert build_index(tmp_path) == sharded[1]
     assert sorted(p.relative_to(tmp_path) for p in tars_of(tmp_path)) == sorted(
@@ -430,18 +439,91 @@ def test_duplicates_and_empty_streams(tmp_path: Path):
 
 def test_stats_table_and_plot(sharded: tuple[Path, dict], tmp_path: Path):
     out, index = sharded
-    assert load_index(out) == load_index(out / "index.json") == index
+    assert read_index(out).data == read_index(out / "index.json").data == index
     hours = stream_hours(index)
     assert set(hours) == {("demo", lang) for lang in LANGUAGE_SECONDS}
     table = format_hours_table(index, 0.5, 0.5)
     assert all(f"demo          {lang}" in table for lang in LANGUAGE_SECONDS)
     png = plot_hours(index, tmp_path / "plots" / "h.png", 0.3, 0.5)
-    assert png.read_bytes().startswith(b"\x89PNG") and not list(png.parent.glob("*.tmp"))
-    with pytest.raises(FileNotFoundError, match="no shard index"):
-        load_index(tmp_path)
-    (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not a valid JSON index"):
-        load_index(tmp_path)
+    assert png.read_bytes().startswith(b"\x89PNG") and not list(png.parent.glob(".*"))
+
+
+def test_stats_api_returns_the_table(sharded: tuple[Path, dict], tmp_path: Path):
+    out, index = sharded
+    result = stats(out / "index.json", language_alpha=0.3, corpus_alpha=0.5)
+    assert result.index == index and result.index_path == out / "index.json" and result.plot is None
+    assert result.table == format_hours_table(index, 0.3, 0.5)
+    assert result.hours == stream_hours(index) and sum(result.probabilities.values()) == pytest.approx(1.0)
+    # alpha < 1 moves share from the largest language to the smallest
+    natural = {key: h / sum(result.hours.values()) for key, h in result.hours.items()}
+    assert result.probabilities[("demo", "mt")] > natural[("demo", "mt")]
+    assert result.probabilities[("demo", "en")] < natural[("demo", "en")]
+    plotted = stats(out, plot=tmp_path / "h.png")
+    assert plotted.plot == tmp_path / "h.png" and plotted.plot.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ShardError, match="language_alpha must lie in"):
+        stats(out, language_alpha=1.5)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "shard index not found"),
+        (b"{not json", "not a valid JSON index"),
+        (b"\xff\xfe", "not a valid JSON index"),
+        ([], "not a version-1 shard index"),
+        ({"shards": []}, "not a version-1 shard index"),  # the loader used to accept it
+        ({"version": 2, "shards": []}, "not a version-1 shard index"),
+        ({"version": 1}, "expected a 'shards' list"),
+        ({"version": 1, "shards": {}}, "expected a 'shards' list"),
+        ({"version": 1, "shards": ["a.tar"]}, r"shards\[0\] is not an object"),
+        (
+            {"version": 1, "shards": [{"path": "a.tar", "corpus": "c", "language": "en"}]},
+            "lacks samples, seconds",
+        ),
+        (
+            {
+                "version": 1,
+                "shards": [{"path": None, "corpus": "c", "language": "en", "samples": 1, "seconds": 1}],
+            },
+            "'path' must be a non-empty string",
+        ),
+        # `xlsr stats` used to accept these, and the loader rejected them
+        (
+            {
+                "version": 1,
+                "shards": [{"path": "a", "corpus": "c", "language": "en", "samples": "many", "seconds": 1}],
+            },
+            "must be numbers",
+        ),
+        (
+            {
+                "version": 1,
+                "shards": [{"path": "a", "corpus": "c", "language": "en", "samples": -1, "seconds": 1}],
+            },
+            "must be >= 0",
+        ),
+    ],
+)
+def test_index_reader_rejects_malformed_indexes(tmp_path: Path, content, message: str):
+    path = tmp_path / "index.json"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    with pytest.raises(ShardIndexError, match=message) as info:
+        read_index(tmp_path)  # a directory means the index inside it
+    assert str(path) in str(info.value)
+
+
+def test_index_reader_resolves_shard_urls(tmp_path: Path):
+    entries = [
+        ("a/x.tar", str(tmp_path / "a/x.tar")),
+        ("/abs/y.tar", "/abs/y.tar"),
+        ("pipe:cat z", "pipe:cat z"),
+    ]
+    shards = [{"path": p, "corpus": "c", "language": "en", "samples": 2, "seconds": 1.5} for p, _ in entries]
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "shards": shards}))
+    index = read_index(tmp_path / "index.json")
+    assert [s.url for s in index.shards] == [url for _, url in entries]
+    assert (index.shards[0].samples, index.shards[0].seconds) == (2, 1.5)
 
 
 def test_parse_size():
@@ -462,13 +544,22 @@ def test_cli_shard_and_stats(demo: Path, tmp_path: Path, capsys: pytest.CaptureF
     )
     assert args.shard_size == 500_000 and args.layout is None
     assert run_shard(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "skipped 2 files (too_short: 1, unreadable: 1) -> " in printed and "skipped.tsv" in printed
     assert "corrupt_0000.flac\tunreadable" in printed and "short_0000.wav\ttoo_short" in printed
     assert "sampled %" in printed and "mt" in printed
+    assert f"source files from {demo} (layout dir)" in captured.err
 
-    stats = add_stats_arguments(argparse.ArgumentParser())
-    assert run_stats(stats.parse_args([str(out / "index.json"), "--alpha", "0.3"])) == 0
+    # The typed API writes the same index and reports the same summary.
+    api = tmp_path / "api"
+    result = shard(ShardJob(demo, api, corpus="demo", shard_size_bytes=500_000, progress=False))
+    assert result.index == json.loads((out / "index.json").read_text())
+    assert result.index_path == api / "index.json" and result.layout == "dir"
+    assert result.summary() + "\n" == printed.replace(str(out), str(api))
+
+    stats_parser = add_stats_arguments(argparse.ArgumentParser())
+    assert run_stats(stats_parser.parse_args([str(out / "index.json"), "--alpha", "0.3"])) == 0
     assert (out / "hours.png").is_file() and str(out / "hours.png") in capsys.readouterr().out
 
 
@@ -483,6 +574,23 @@ def test_cli_shard_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
     manifest.write_text("path\tlanguage\nx.wav\n")
     assert run_shard(parser.parse_args([str(manifest), str(tmp_path / "out")])) == 2
     assert "m.tsv:2" in capsys.readouterr().err
-    stats = add_stats_arguments(argparse.ArgumentParser())
-    assert run_stats(stats.parse_args([str(tmp_path / "nowhere")])) == 2
+    bad_task = [str(manifest), str(tmp_path / "out"), "--task-index", "2", "--num-tasks", "2"]
+    assert run_shard(parser.parse_args(bad_task)) == 2
+    assert capsys.readouterr().err.startswith("error: task_index must lie in [0, num_tasks)")
+    bad_split = [str(manifest), str(tmp_path / "out"), "--min-seconds", "5", "--max-seconds", "2"]
+    assert run_shard(parser.parse_args(bad_split)) == 2
+    assert "max_seconds (2.0) must be >= min_seconds" in capsys.readouterr().err
+    assert main(["stats", str(tmp_path / "nowhere")]) == 2
+    assert "shard index not found" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out" / "index.json")
+
+
+def test_shard_job_checks_its_values(tmp_path: Path):
+    with pytest.raises(ShardError, match="task_index"):
+        ShardJob(tmp_path, tmp_path / "out", task_index=-1)
+    with pytest.raises(ShardError, match="audio_format"):
+        ShardJob(tmp_path, tmp_path / "out", audio_format="mp3")
+    with pytest.raises(ShardError, match="workers"):
+        ShardJob(tmp_path, tmp_path / "out", workers=0)
+    job = ShardJob(str(tmp_path), str(tmp_path / "out"))  # paths may be given as strings
+    assert job.input == tmp_path and job.out_dir == tmp_path / "out" and job.resolved_layout() == "dir"

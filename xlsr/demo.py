@@ -1,7 +1,7 @@
 """`xlsr demo`: the whole path once, on a laptop-sized problem.
 
 1. generate a small multilingual corpus (xlsr never downloads anything here);
-2. shard it with `xlsr shard` (per-language hours table; the corrupt and too-short files are skipped);
+2. shard it as `xlsr shard` does (per-language hours table; the corrupt and too-short files are skipped);
 3. pretrain the tiny wav2vec 2.0 on `--nproc` processes with upsampling, warmup + polynomial decay,
    W&B offline and checkpoints;
 4. print where everything is and how the loss moved.
@@ -10,41 +10,39 @@ Every step reuses finished work, so a second run returns quickly.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from launchers.local import launch_local
-from sharding.cli import add_shard_arguments, run_shard
+from sharding import ShardJob, shard
 from sharding.synthetic import generate_demo_corpus
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
-def _shard(corpus: Path, shards: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_shard_arguments(parser)
-    args = parser.parse_args(
-        [str(corpus), str(shards), "--corpus", "demo", "--workers", "2", "--no-progress"]
-    )
-    code = run_shard(args)
-    if code != 0:
-        raise SystemExit(code)
+def _shard(corpus: Path, shards: Path) -> Path:
+    """Shard the demo corpus (reusing finished shards); print what `xlsr shard` prints. Returns the index."""
+    result = shard(ShardJob(input=corpus, out_dir=shards, corpus="demo", workers=2, progress=False))
+    print(result.sources_line(), file=sys.stderr)
+    print(result.summary())
+    return result.index_path
 
 
-def run_demo(out: Path, nproc: int = 2, overrides: list[str] = (), corpus_scale: float = 1.0) -> int:
+def run_demo(out: Path, nproc: int = 2, overrides: Sequence[str] = (), corpus_scale: float = 1.0) -> int:
     out = out.resolve()
     print(f"== 1/4 corpus: {out / 'corpus'}")
     generate_demo_corpus(out / "corpus", scale=corpus_scale)
     print(f"== 2/4 shards: {out / 'shards'}")
-    _shard(out / "corpus", out / "shards")
+    index = _shard(out / "corpus", out / "shards")
     run_dir = out / "run"
     print(f"== 3/4 pretraining the tiny model on {nproc} processes: {run_dir}")
     train_args = [
         "--config",
         str(TINY_CONFIG),
         f"run_dir={run_dir}",
-        f"data.train=[{out / 'shards' / 'index.json'}]",
+        f"data.train=[{index}]",
         *overrides,
     ]
     code = launch_local(nproc, train_args, env={"WANDB_SILENT": "true"})

@@ -11,7 +11,8 @@ Resume semantics:
   to an uninterrupted run's.
 - Different world size or worker count: slot ownership changes, so positions cannot carry over.
   The stream restarts with a fresh seed derived from (seed, updates done): deterministic, never a
-  silent replay of the old order, and said in the log.
+  silent replay of the old order, and said in the log. Later resumes on the same topology continue
+  that reseeded stream exactly.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xlsr.config import DataConfig
-from xlsr.data.shards import ShardInfo, read_index
+from xlsr.data.shard_format import ShardInfo, read_index
 from xlsr.data.stream import Batch, SlotPipeline, StreamSpec
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
+from xlsr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def build_stream_specs(cfg: DataConfig) -> tuple[list[StreamSpec], dict[tuple[st
         raise ValueError("data.train is empty: list one or more index.json files written by `xlsr shard`")
     shards: dict[tuple[str, str], list[ShardInfo]] = {}
     for index_path in cfg.train:
-        for shard in read_index(index_path):
+        for shard in read_index(index_path).shards:
             shards.setdefault((shard.corpus, shard.language), []).append(shard)
     usable = {key: group for key, group in shards.items() if sum(s.samples for s in group) > 0}
     if not usable:
@@ -86,6 +88,7 @@ class DataStream:
 
     def __init__(self, cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1):
         self.cfg, self.seed, self.rank, self.world_size = cfg, seed, rank, world_size
+        self.base_seed = seed  # the run's seed; `seed` is the stream's, which a reseed replaces
         self.workers = max(1, cfg.num_workers)
         self.specs, self.hours, self.hour_probs = build_stream_specs(cfg)
         self.dataset = _SlotDataset(self.specs, cfg, seed, rank, world_size, self.workers)
@@ -134,6 +137,7 @@ class DataStream:
             "world_size": self.world_size,
             "workers": self.workers,
             "seed": self.seed,
+            "base_seed": self.base_seed,
             "batches_consumed": self.batches_consumed,
             "slots": dict(self.dataset.slot_states),
         }
@@ -141,27 +145,36 @@ class DataStream:
     def load_state_dict(self, state: dict[str, Any], updates_done: int) -> None:
         if self._iterator is not None:
             raise RuntimeError("load_state_dict must be called before iterating")
+        # Checkpoints written before "base_seed" existed hold only the stream's seed.
+        base_seed = state.get("base_seed", state["seed"])
         same_topology = state["world_size"] == self.world_size and state["workers"] == self.workers
-        if same_topology and state["seed"] == self.seed:
+        if same_topology and base_seed == self.base_seed:
+            self._use_seed(state["seed"])
             self.dataset.slot_states = {int(k): v for k, v in state["slots"].items()}
             self.batches_consumed = state["batches_consumed"]
             return
-        self.reseed(
-            updates_done,
-            f"data topology changed (world size {state['world_size']} -> {self.world_size}, "
-            f"workers {state['workers']} -> {self.workers})",
-        )
+        if same_topology:
+            reason = f"the seed changed ({base_seed} -> {self.base_seed})"
+        else:
+            reason = (
+                f"data topology changed (world size {state['world_size']} -> {self.world_size}, "
+                f"workers {state['workers']} -> {self.workers})"
+            )
+        self.reseed(updates_done, reason)
 
     def reseed(self, updates_done: int, reason: str) -> None:
         """Restart with a fresh deterministic seed: used when slot positions cannot carry over."""
         if self._iterator is not None:
             raise RuntimeError("reseed must be called before iterating")
-        new_seed = (self.seed * 1_000_003 + updates_done) % (2**31)
+        new_seed = derive_seed(self.base_seed, "data_reseed", updates_done)
         log.warning(
             "%s: the data stream restarts with a new deterministic seed %d; positions of the old "
             "stream are not carried over",
             reason,
             new_seed,
         )
-        self.seed = new_seed
-        self.dataset.seed = new_seed
+        self._use_seed(new_seed)
+
+    def _use_seed(self, seed: int) -> None:
+        self.seed = seed
+        self.dataset.seed = seed

@@ -1,4 +1,4 @@
-"""Reading shard sets written by `xlsr shard`: the index, and the samples of one tar.
+"""Reading the samples of one shard tar written by `xlsr shard` (the index: ``shard_format``).
 
 A sample is ``<key>.flac`` (or ``<key>.s16``, raw int16) plus ``<key>.json`` metadata. Audio stays
 compressed until a batch is collated, so buffers hold bytes, not waveforms. Shard paths may be local
@@ -13,23 +13,15 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import soundfile
 import webdataset
 
-AUDIO_EXTENSIONS = ("flac", "s16")
+from xlsr.data.shard_format import AUDIO_MEMBER_EXTENSION, AUDIO_MEMBER_EXTENSIONS, META_MEMBER_EXTENSION
 
-
-@dataclass(frozen=True)
-class ShardInfo:
-    url: str
-    corpus: str
-    language: str
-    samples: int
-    seconds: float
+_INT16 = AUDIO_MEMBER_EXTENSION["int16"]
 
 
 @dataclass
@@ -38,45 +30,10 @@ class RawSample:
 
     key: str
     audio: bytes
-    audio_format: str
+    audio_extension: str  # which audio member it came from: one of AUDIO_MEMBER_EXTENSIONS
     num_samples: int
     language: str
     corpus: str
-
-
-class ShardIndexError(ValueError):
-    """An index file is missing or malformed."""
-
-
-def read_index(path: str | os.PathLike) -> list[ShardInfo]:
-    """Shards listed by an index.json (or the index.json inside a directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "index.json"
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShardIndexError(f"shard index not found: {path} (run `xlsr shard` first)") from None
-    except json.JSONDecodeError as exc:
-        raise ShardIndexError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(index, dict) or "shards" not in index:
-        raise ShardIndexError(f"{path}: expected an object with a 'shards' list")
-    shards = []
-    for i, entry in enumerate(index["shards"]):
-        try:
-            url = entry["path"]
-            if "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
-                url = str(path.parent / url)
-            shards.append(
-                ShardInfo(
-                    url, entry["corpus"], entry["language"], int(entry["samples"]), float(entry["seconds"])
-                )
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ShardIndexError(
-                f"{path}: shards[{i}] needs path, corpus, language, samples, seconds ({exc})"
-            ) from None
-    return shards
 
 
 def iter_shard(url: str, part: int = 0, parts: int = 1) -> Iterator[RawSample]:
@@ -193,15 +150,15 @@ def _header_name(header: bytes) -> str:
 
 
 def _to_raw_sample(sample: dict) -> RawSample | None:
-    audio_format = next((ext for ext in AUDIO_EXTENSIONS if ext in sample), None)
-    if audio_format is None or "json" not in sample:
+    audio_extension = next((ext for ext in AUDIO_MEMBER_EXTENSIONS if ext in sample), None)
+    if audio_extension is None or META_MEMBER_EXTENSION not in sample:
         return None
     try:
-        meta = json.loads(sample["json"])
+        meta = json.loads(sample[META_MEMBER_EXTENSION])
         return RawSample(
             key=sample["__key__"],
-            audio=sample[audio_format],
-            audio_format=audio_format,
+            audio=sample[audio_extension],
+            audio_extension=audio_extension,
             num_samples=int(meta["num_samples"]),
             language=str(meta["language"]),
             corpus=str(meta["corpus"]),
@@ -210,9 +167,9 @@ def _to_raw_sample(sample: dict) -> RawSample | None:
         return None
 
 
-def decode_audio(raw: RawSample) -> np.ndarray:
+def decode_sample(raw: RawSample) -> np.ndarray:
     """Float32 waveform in [-1, 1]; raises ``ValueError`` for undecodable audio."""
-    if raw.audio_format == "s16":
+    if raw.audio_extension == _INT16:
         return np.frombuffer(raw.audio, dtype="<i2").astype(np.float32) / 32768.0
     try:
         audio, _ = soundfile.read(io.BytesIO(raw.audio), dtype="float32", always_2d=False)
@@ -223,21 +180,21 @@ def decode_audio(raw: RawSample) -> np.ndarray:
     return audio
 
 
-def decode_audio_into(raw: RawSample, out: np.ndarray, start: int = 0) -> int:
+def decode_sample_into(raw: RawSample, out: np.ndarray, start: int = 0) -> int:
     """Decode ``len(out)`` samples from ``start`` straight into ``out`` (float32, 1-D); returns how many
     were written (fewer if the audio is shorter than its metadata says).
 
     The batch buffer is filled without an intermediate array, and FLAC seeks so only the crop is
-    decoded. Raises ``ValueError`` for undecodable audio, like ``decode_audio``.
+    decoded. Raises ``ValueError`` for undecodable audio, like ``decode_sample``.
     """
-    if raw.audio_format == "s16":
+    if raw.audio_extension == _INT16:
         ints = np.frombuffer(raw.audio, dtype="<i2")[start : start + len(out)]
         np.multiply(ints, np.float32(1 / 32768), out=out[: len(ints)])
         return len(ints)
     try:
         with soundfile.SoundFile(io.BytesIO(raw.audio)) as audio:
             if audio.channels != 1:  # shards are mono; anything else takes the general path
-                wave = decode_audio(raw)[start : start + len(out)]
+                wave = decode_sample(raw)[start : start + len(out)]
                 out[: len(wave)] = wave
                 return len(wave)
             if start:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from xlsr.config import DataConfig
-from xlsr.data.shards import RawSample, ShardInfo, decode_audio_into, iter_shard
+from xlsr.data.shard_format import ShardInfo
+from xlsr.data.shards import RawSample, decode_sample_into, iter_shard
+from xlsr.seeding import derive_seed
 
 SampleRef = tuple[int, int, int, int]  # (stream, pass, unit position in that pass, offset in unit)
 
@@ -43,7 +45,6 @@ class Batch:
     source: torch.Tensor  # (B, L) float32 waveforms, zero-padded
     padding_mask: torch.Tensor | None  # (B, L) bool, True = padding; None when nothing is padded
     num_samples: int  # audio samples before padding
-    languages: dict[str, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
     # Loader bookkeeping attached by the loader: (logical worker, slot state after this batch).
     state: tuple[int, dict[str, Any]] | None = None
@@ -92,6 +93,7 @@ class UnitReader:
         self.counters = counters  # the slot's skip counts (shared)
 
     def _order(self, pass_: int) -> np.ndarray:
+        # Recomputed, not checkpointed: resumed runs rely on this exact seeding of each pass's order.
         return np.random.default_rng([*self.seed, pass_]).permutation(len(self.units))
 
     def _unit_samples(self, pass_: int, position: int) -> Iterator[RawSample]:
@@ -171,7 +173,8 @@ class SlotPipeline:
         # What Generator.choice(p=probs) computes on every call (the same draws), computed once.
         self.cdf = self.probs.cumsum()
         self.cdf /= self.cdf[-1]
-        self.rng = np.random.default_rng([seed, slot, 0x5EED])
+        # Its state is checkpointed, so changing how it is seeded only changes fresh starts.
+        self.rng = np.random.default_rng(derive_seed(seed, "data_slot", slot))
         self.shuffle: list[tuple[SampleRef, RawSample]] = []
         edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
         self.bucket_edges = np.ceil(edges).astype(np.int64)
@@ -255,7 +258,6 @@ class SlotPipeline:
             source=torch.from_numpy(source),
             padding_mask=padding,
             num_samples=sum(lengths),
-            languages=dict(Counter(f"{sample.corpus}/{sample.language}" for sample in samples)),
             keys=[sample.key for sample in samples],
         )
 
@@ -263,12 +265,12 @@ class SlotPipeline:
         """A random crop of ``len(out)`` samples of ``sample`` into ``out``; returns its length."""
         start = int(self.rng.integers(sample.num_samples - len(out) + 1))
         if not self.cfg.normalize:
-            return decode_audio_into(sample, out, start)
+            return decode_sample_into(sample, out, start)
         # Normalised over the whole utterance before cropping (fairseq), so the whole is decoded; the
         # statistics take two passes (mean, and E[x²] by BLAS), then only the crop is written.
         if len(self.scratch) < sample.num_samples:
             self.scratch = np.empty(sample.num_samples, dtype=np.float32)
-        wave = self.scratch[: decode_audio_into(sample, self.scratch[: sample.num_samples])]
+        wave = self.scratch[: decode_sample_into(sample, self.scratch[: sample.num_samples])]
         mean = float(wave.mean())
         variance = max(float(np.dot(wave, wave)) / max(len(wave), 1) - mean * mean, 0.0)
         crop = wave[start : start + len(out)]

@@ -1,8 +1,12 @@
-"""XLS-R language/corpus upsampling (arXiv 2111.09296 §3; reference spec §3.5).
+"""XLS-R language and corpus upsampling.
 
-Languages are balanced within each corpus with p(l|c) ∝ (n_lc / N_c)^α, then corpora with the same
-rule, treating each corpus as one language: p(c) ∝ (N_c / N)^β. A stream (corpus, language) is drawn
-with p(c)·p(l|c). Amounts are hours of audio, not utterance counts.
+XLSR-53 (Conneau et al., arXiv 2006.13979) balances languages by sampling each with p_l ∝ (n_l / N)^α,
+the temperature sampling of XLM (Lample and Conneau, arXiv 1901.07291): α = 1 keeps the natural proportions,
+α = 0 is uniform, 0.5 boosts low-resource languages without drowning the large ones. XLS-R (Babu et
+al., arXiv 2111.09296 §3.1) applies the rule twice, with α = 0.5 both times: languages within each
+corpus, p(l|c) ∝ (n_lc / N_c)^α, then corpora, treating each corpus as one language,
+p(c) ∝ (N_c / N)^β. A stream (corpus, language) is drawn with p(c)·p(l|c). Amounts are hours of
+audio, not utterance counts.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections.abc import Mapping
 StreamKey = tuple[str, str]  # (corpus, language)
 
 
-def _temperature(amounts: Mapping[str, float], alpha: float) -> dict[str, float]:
+def _smoothed_shares(amounts: Mapping[str, float], alpha: float) -> dict[str, float]:
+    """Each key's share of the total raised to ``alpha``, renormalised to sum to 1."""
     total = sum(amounts.values())
     if total <= 0:
         raise ValueError("cannot upsample: total amount of audio is zero")
@@ -25,17 +30,18 @@ def _temperature(amounts: Mapping[str, float], alpha: float) -> dict[str, float]
 def upsampling_probabilities(
     hours: Mapping[StreamKey, float], language_alpha: float = 0.5, corpus_alpha: float = 0.5
 ) -> dict[StreamKey, float]:
-    """Probability of drawing the next utterance from each (corpus, language) stream."""
+    """Share of the sampled audio each (corpus, language) stream gets (the loader turns these into
+    per-utterance draw probabilities)."""
     for name, alpha in (("language_alpha", language_alpha), ("corpus_alpha", corpus_alpha)):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {alpha}")
     by_corpus: dict[str, dict[str, float]] = defaultdict(dict)
     for (corpus, language), amount in hours.items():
         by_corpus[corpus][language] = amount
-    corpus_p = _temperature({c: sum(langs.values()) for c, langs in by_corpus.items()}, corpus_alpha)
+    corpus_p = _smoothed_shares({c: sum(langs.values()) for c, langs in by_corpus.items()}, corpus_alpha)
     probs: dict[StreamKey, float] = {}
     for corpus, langs in by_corpus.items():
-        for language, p in _temperature(langs, language_alpha).items():
+        for language, p in _smoothed_shares(langs, language_alpha).items():
             probs[(corpus, language)] = corpus_p[corpus] * p
     return probs
 

@@ -1,37 +1,14 @@
-"""Read a shard index and summarise it: hours per stream, upsampling shares, a bar chart."""
+"""Summaries of a shard index: hours per stream, shares before and after upsampling, a bar chart."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
-
-INDEX_NAME = "index.json"
-
-
-def load_index(path: str | os.PathLike) -> dict[str, Any]:
-    """The index written by `xlsr shard`; `path` is the index file or the directory holding it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no shard index at {path} (run `xlsr shard INPUT OUT_DIR` first)")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid JSON index ({exc})") from None
-    if not isinstance(index, dict) or index.get("version") != 1 or not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: not a version-1 shard index (expected 'version': 1 and a 'shards' list)")
-    for position, shard in enumerate(index["shards"]):
-        missing = [k for k in ("path", "corpus", "language", "samples", "seconds") if k not in shard]
-        if missing:
-            raise ValueError(f"{path}: shards[{position}] lacks {', '.join(missing)}")
-    return index
+from xlsr.fileio import atomic_write_with
 
 
 def stream_hours(index: dict[str, Any]) -> dict[tuple[str, str], float]:
@@ -43,7 +20,7 @@ def stream_hours(index: dict[str, Any]) -> dict[tuple[str, str], float]:
 
 
 def format_hours_table(index: dict[str, Any], language_alpha: float = 0.5, corpus_alpha: float = 0.5) -> str:
-    """Hours and share per stream, naturally and after XLS-R upsampling (spec §3.5)."""
+    """Hours and share per stream, naturally and after XLS-R upsampling (`xlsr.data.upsampling`)."""
     hours = stream_hours(index)
     if not hours or sum(hours.values()) <= 0:
         return "(the index holds no audio)"
@@ -89,17 +66,4 @@ def plot_hours(
     axes.set_ylabel("hours")
     axes.set_title(f"hours per language (language_alpha={language_alpha}, corpus_alpha={corpus_alpha})")
     axes.legend()
-    return _save_atomically(figure, Path(out_png))
-
-
-def _save_atomically(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(out_png, lambda handle: figure.savefig(handle, format="png", dpi=100))

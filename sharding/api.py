@@ -1,0 +1,216 @@
+"""The typed entry points of the sharding package: `shard(ShardJob)` and `stats(index_path, ...)`.
+
+Both raise instead of printing: `ShardError` for a user error (bad input path, manifest, option),
+`ShardIndexError` for a missing or malformed index, `RuntimeError` when planned shards are missing
+after a split run. Command lines (`xlsr shard`, `xlsr stats`), the demo and SLURM array tasks call
+these functions and decide what to print.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharding.hours import format_hours_table, plot_hours, stream_hours
+from sharding.manifest import SourceRecord, load_records
+from sharding.writer import SKIPPED_NAME, ShardWriterConfig, read_skipped, write_shards
+from xlsr.data.shard_format import INDEX_NAME, read_index
+from xlsr.data.upsampling import upsampling_probabilities
+from xlsr.process import UserError
+
+# The summary lists at most this many skipped files; skipped.tsv has them all.
+MAX_LISTED_SKIPS = 20
+
+
+class ShardError(UserError, ValueError):
+    """A user error: the input, a manifest row or an option cannot be used. The message says why."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One `xlsr shard` run: its fields are the command's flags (see `sharding.cli`)."""
+
+    input: Path
+    out_dir: Path
+    layout: str | None = None  # None: "manifest" for a file, "dir" for a directory
+    corpus: str | None = None  # None: the layout's default name
+    workers: int = 1
+    shard_size_bytes: int = 10**9
+    audio_format: str = "flac"
+    max_seconds: float | None = None
+    min_seconds: float = 0.25
+    drop_silent: bool = False
+    seed: int = 0
+    task_index: int = 0
+    num_tasks: int = 1
+    language_alpha: float = 0.5  # for the hours table only
+    corpus_alpha: float = 0.5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Path(self.input))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
+            raise ShardError(
+                f"task_index must lie in [0, num_tasks), got task {self.task_index} of {self.num_tasks}"
+            )
+        self.writer_config()  # checks the output settings
+
+    def writer_config(self) -> ShardWriterConfig:
+        try:
+            return ShardWriterConfig(
+                out_dir=self.out_dir,
+                shard_size_bytes=self.shard_size_bytes,
+                audio_format=self.audio_format,  # checked by the config
+                max_seconds=self.max_seconds,
+                min_seconds=self.min_seconds,
+                drop_silent=self.drop_silent,
+                workers=self.workers,
+                seed=self.seed,
+            )
+        except ValueError as exc:
+            raise ShardError(str(exc)) from None
+
+    def resolved_layout(self) -> str:
+        return self.layout or ("manifest" if self.input.is_file() else "dir")
+
+
+@dataclass(frozen=True)
+class TaskShare:
+    """What one task of a split run (`num_tasks > 1`) did; the index is written after all tasks."""
+
+    task_index: int
+    num_tasks: int
+    planned: int  # shards in the whole plan
+    assigned: tuple[str, ...]  # this task's shards (paths relative to the output directory)
+    written: int
+    already_complete: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What `shard` did. `index` is None for one task of a split run; `task` is set then."""
+
+    job: ShardJob
+    layout: str
+    source_files: int
+    index: dict[str, Any] | None = None
+    task: TaskShare | None = None
+    skipped: tuple[dict[str, str], ...] = ()  # rows of skipped.tsv (complete runs only)
+
+    @property
+    def index_path(self) -> Path:
+        return self.job.out_dir / INDEX_NAME
+
+    def sources_line(self) -> str:
+        return f"{self.source_files} source files from {self.job.input} (layout {self.layout})"
+
+    def summary(self) -> str:
+        """The report `xlsr shard` prints: totals, hours table, skipped files; or the task's share."""
+        if self.task is not None:
+            t = self.task
+            return (
+                f"task {t.task_index}/{t.num_tasks}: {len(t.assigned)} shard(s) "
+                f"({t.written} written, {t.already_complete} already complete); "
+                f"{INDEX_NAME} is written after all tasks (by the --slurm merge job, or a run without "
+                "--num-tasks)"
+            )
+        assert self.index is not None
+        return "\n".join([*self._totals_lines(), *self._skipped_lines(), f"index: {self.index_path}"])
+
+    def _totals_lines(self) -> list[str]:
+        index, job = self.index, self.job
+        assert index is not None
+        totals = index["totals"]
+        hours = totals["seconds"] / 3600
+        lines = [f"{totals['samples']} samples, {hours:.3f} h in {len(index['shards'])} shard(s)"]
+        try:
+            lines.append(format_hours_table(index, job.language_alpha, job.corpus_alpha))
+        except ValueError as exc:  # a bad alpha must not hide that the shards were written
+            lines.append(f"(no upsampling table: {exc})")
+        return lines
+
+    def _skipped_lines(self) -> list[str]:
+        assert self.index is not None
+        skipped = self.index["skipped"]
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped["by_reason"].items())
+        suffix = f" ({reasons})" if reasons else ""
+        lines = [f"skipped {skipped['count']} files{suffix} -> {self.job.out_dir / SKIPPED_NAME}"]
+        lines += [f"  {row['path']}\t{row['reason']}" for row in self.skipped[:MAX_LISTED_SKIPS]]
+        if len(self.skipped) > MAX_LISTED_SKIPS:
+            lines.append("  ...")
+        return lines
+
+
+def check_input(job: ShardJob) -> None:
+    """Raise `ShardError` unless the job's input exists (also worth checking before queueing a job)."""
+    if not job.input.exists():
+        raise ShardError(f"input not found: {job.input}")
+
+
+def load_job_records(job: ShardJob) -> list[SourceRecord]:
+    """The source files of the job's input, read with its layout; `ShardError` if there are none."""
+    check_input(job)
+    layout = job.resolved_layout()
+    try:
+        records = load_records(job.input, layout, job.corpus)
+    except (OSError, ValueError) as exc:
+        raise ShardError(str(exc)) from None
+    if not records:
+        raise ShardError(f"no audio files found in {job.input} with --layout {layout}")
+    return records
+
+
+def shard(job: ShardJob) -> ShardResult:
+    """Write the job's shards (its share of them, for one task of a split run) and, for a whole run,
+    the index and skipped.tsv. Resumable: a rerun skips finished shards."""
+    records = load_job_records(job)
+    written = write_shards(records, job.writer_config(), job.task_index, job.num_tasks, job.progress)
+    base = {"job": job, "layout": job.resolved_layout(), "source_files": len(records)}
+    if job.num_tasks > 1:
+        task = TaskShare(
+            task_index=job.task_index,
+            num_tasks=job.num_tasks,
+            planned=written["planned"],
+            assigned=tuple(written["assigned"]),
+            written=written["written"],
+            already_complete=written["already_complete"],
+        )
+        return ShardResult(**base, task=task)
+    return ShardResult(**base, index=written, skipped=tuple(read_skipped(job.out_dir)))
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    """Hours and upsampling shares of a shard index, and the plot written (if any)."""
+
+    index_path: Path
+    index: dict[str, Any]
+    hours: dict[tuple[str, str], float]  # (corpus, language) -> hours of audio
+    probabilities: dict[tuple[str, str], float] = field(default_factory=dict)  # empty without audio
+    table: str = ""
+    plot: Path | None = None
+
+
+def stats(
+    index_path: str | os.PathLike,
+    language_alpha: float = 0.5,
+    corpus_alpha: float = 0.5,
+    plot: str | os.PathLike | None = None,
+) -> StatsResult:
+    """Hours per stream before and after upsampling; with `plot`, also a bar chart written there
+    (nothing is plotted for an index without shards)."""
+    index = read_index(index_path)
+    hours = stream_hours(index.data)
+    try:
+        table = format_hours_table(index.data, language_alpha, corpus_alpha)
+        has_audio = sum(hours.values()) > 0
+        probabilities = upsampling_probabilities(hours, language_alpha, corpus_alpha) if has_audio else {}
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
+    written = None
+    if plot is not None and index.shards:
+        written = plot_hours(index.data, plot, language_alpha, corpus_alpha)
+    return StatsResult(index.path, index.data, hours, probabilities, table, written)

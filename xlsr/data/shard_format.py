@@ -1,0 +1,140 @@
+"""The on-disk format of a shard set, in one place: what `xlsr shard` writes and the loader reads.
+
+A shard set is a directory holding ``index.json`` and ``<corpus>/<language>/shard-NNNNNN.tar``. Each tar
+is a WebDataset tar: per utterance, an audio member ``<key>.flac`` (FLAC, 16-bit PCM) or ``<key>.s16``
+(raw little-endian int16) and a metadata member ``<key>.json``. The index lists every shard with its
+stream (corpus, language), sample count and seconds of audio; see docs/data.md for all fields.
+
+This module is torch-free (no webdataset, no numpy): the shard writer, ``xlsr stats`` and the loader
+all read and write the index through it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xlsr.fileio import atomic_write_text
+from xlsr.process import UserError
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+# `--format` value -> extension of the audio member in the tar.
+AUDIO_MEMBER_EXTENSION = {"flac": "flac", "int16": "s16"}
+AUDIO_FORMATS = tuple(AUDIO_MEMBER_EXTENSION)
+AUDIO_MEMBER_EXTENSIONS = tuple(AUDIO_MEMBER_EXTENSION.values())
+META_MEMBER_EXTENSION = "json"
+# Fields of one entry of the index's "shards" list.
+SHARD_FIELDS = ("path", "corpus", "language", "samples", "seconds")
+
+
+class ShardIndexError(UserError, ValueError):
+    """An index file is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as listed by an index; ``url`` is resolved against the index's directory."""
+
+    url: str
+    corpus: str
+    language: str
+    samples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A checked index: the file it came from, its JSON object, and its shards."""
+
+    path: Path
+    data: dict[str, Any]
+    shards: tuple[ShardInfo, ...]
+
+
+def index_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or the index inside it when ``path`` is a shard-set directory."""
+    path = Path(path)
+    return path / INDEX_NAME if path.is_dir() else path
+
+
+def read_index(path: str | os.PathLike) -> ShardIndex:
+    """Read and check the index at ``path`` (the file or its directory); raise ``ShardIndexError``."""
+    file = index_file(path)
+    if not file.is_file():
+        raise ShardIndexError(f"shard index not found: {file} (run `xlsr shard INPUT OUT_DIR` first)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardIndexError(f"{file}: not a valid JSON index ({exc})") from None
+    if not isinstance(data, dict) or data.get("version") != INDEX_VERSION:
+        raise ShardIndexError(
+            f"{file}: not a version-{INDEX_VERSION} shard index (no 'version': {INDEX_VERSION})"
+        )
+    if not isinstance(data.get("shards"), list):
+        raise ShardIndexError(f"{file}: expected a 'shards' list")
+    shards = tuple(_shard_info(entry, position, file) for position, entry in enumerate(data["shards"]))
+    return ShardIndex(file, data, shards)
+
+
+def _shard_info(entry: object, position: int, file: Path) -> ShardInfo:
+    where = f"{file}: shards[{position}]"
+    if not isinstance(entry, dict):
+        raise ShardIndexError(f"{where} is not an object")
+    missing = [field for field in SHARD_FIELDS if field not in entry]
+    if missing:
+        raise ShardIndexError(f"{where} lacks {', '.join(missing)}")
+    names = {field: entry[field] for field in ("path", "corpus", "language")}
+    for field, value in names.items():
+        if not isinstance(value, str) or not value:
+            raise ShardIndexError(f"{where}: '{field}' must be a non-empty string, got {value!r}")
+    try:
+        samples, seconds = int(entry["samples"]), float(entry["seconds"])
+    except (TypeError, ValueError) as exc:
+        raise ShardIndexError(f"{where}: 'samples' and 'seconds' must be numbers ({exc})") from None
+    if samples < 0 or not math.isfinite(seconds) or seconds < 0:
+        raise ShardIndexError(f"{where}: 'samples' and 'seconds' must be >= 0")
+    return ShardInfo(
+        _resolve_url(names["path"], file.parent), names["corpus"], names["language"], samples, seconds
+    )
+
+
+def _resolve_url(path: str, base: Path) -> str:
+    """Relative shard paths are relative to the index; absolute paths and URLs stay as they are."""
+    if "://" in path or path.startswith("pipe:") or os.path.isabs(path):
+        return path
+    return str(base / path)
+
+
+def shard_entry(path: str, corpus: str, language: str, samples: int, seconds: float) -> dict[str, Any]:
+    """One entry of the index's "shards" list (``path`` relative to the index)."""
+    return dict(zip(SHARD_FIELDS, (path, corpus, language, samples, seconds), strict=True))
+
+
+def make_index(
+    sample_rate: int,
+    audio_format: str,
+    shards: list[dict[str, Any]],
+    totals: dict[str, Any],
+    skipped: dict[str, Any],
+) -> dict[str, Any]:
+    """The index object: format version, audio settings, shard entries, totals and skip counts."""
+    return {
+        "version": INDEX_VERSION,
+        "sample_rate": sample_rate,
+        "audio_format": audio_format,
+        "shards": shards,
+        "totals": totals,
+        "skipped": skipped,
+    }
+
+
+def write_index(out_dir: str | os.PathLike, index: dict[str, Any]) -> Path:
+    """Write ``index`` as ``out_dir/index.json`` atomically; return its path."""
+    path = Path(out_dir) / INDEX_NAME
+    atomic_write_text(path, json.dumps(index, indent=2) + "\n")
+    return path
