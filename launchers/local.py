@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+from xlsr.process import STOP_SIGNALS, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Stop signals make every process save and exit; Ctrl-C (SIGINT) interrupts them all.
+FORWARDED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
 def launch_local(

@@ -4,11 +4,12 @@ It uses Debian's packages (munge, slurmctld, slurmd, slurm-client; SLURM 22.05 o
 keeps its config and state in one directory. Nothing in /etc is changed; clients find the cluster
 through ``SLURM_CONF``. No cgroups, no accounting (so ``sacct`` fails, which submitit tolerates).
 
-    sudo python tests/slurm_cluster.py start /tmp/xlsr-slurm     # prints: export SLURM_CONF=...
-    sudo python tests/slurm_cluster.py stop /tmp/xlsr-slurm
+    sudo .venv/bin/python tests/slurm_cluster.py start /tmp/xlsr-slurm     # prints: export SLURM_CONF=...
+    sudo .venv/bin/python tests/slurm_cluster.py stop /tmp/xlsr-slurm
 
 Must run as root (slurmd starts job processes as the submitting user, and the config uses
-``SlurmUser=root``), like the Debian services it replaces.
+``SlurmUser=root``), like the Debian services it replaces. Run it with the project's interpreter:
+it takes ``free_port`` from ``xlsr.process`` (which needs nothing outside the standard library).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from xlsr.process import free_port
 
 PACKAGES = "slurmctld slurmd slurm-client munge"
 INSTALL_HINT = f"apt-get install -y --no-install-recommends {PACKAGES}   (or: make system-deps)"
@@ -52,12 +55,6 @@ def _which(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _node_line() -> str:
     """'CPUs=2 ... RealMemory=24105' of this machine, from `slurmd -C` (minus NodeName/UpTime)."""
     out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
@@ -82,7 +79,7 @@ class LocalSlurmCluster:
     def write_config(self) -> None:
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        ctl_port, d_port = _free_port(), _free_port()
+        ctl_port, d_port = free_port(), free_port()
         r = self.root
         lines = [
             "ClusterName=xlsrlocal",

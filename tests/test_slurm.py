@@ -20,7 +20,8 @@ import pytest
 import yaml
 from slurm_cluster import ClusterError, LocalSlurmCluster, missing_requirements
 
-from launchers.slurm import parse_mem_gb, parse_time, requeue_decision
+from launchers.slurm.cli import parse_mem_gb, parse_time
+from launchers.slurm.job import requeue_decision, train_run_dir
 from xlsr.cli import main as xlsr_main
 from xlsr.config import load_config, to_dict
 
@@ -76,6 +77,18 @@ def test_requeue_decision():
     assert not capped and "max_requeues=3" in why and "submit the same command again" in why
     # scancel / scontrol requeue / preemption: SLURM is already ending the job, we do not interfere
     assert not requeue_decision("COMPLETING", 0, 3)[0]
+
+
+def test_job_with_a_config_that_does_not_load_fails_in_one_line(tmp_path, caplog):
+    """Inside the job: a missing or broken <run_dir>/config.yaml is one log line and exit code 2."""
+    assert train_run_dir(tmp_path) == 2
+    assert f"cannot train {tmp_path}: config file not found: {tmp_path}/config.yaml" in caplog.text
+    caplog.clear()
+    (tmp_path / "config.yaml").write_text("optim:\n  lrr: 1\n")
+    assert train_run_dir(tmp_path) == 2
+    (record,) = caplog.records
+    assert "optim.lrr" in record.getMessage() and "\n" not in record.getMessage()
+    assert record.exc_info is None  # no traceback
 
 
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, tmp_path, capsys):
