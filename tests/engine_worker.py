@@ -20,7 +20,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from xlsr.config import load_config
 from xlsr.data.stream import Batch
 from xlsr.engine.distributed import init_distributed, shutdown
-from xlsr.engine.trainer import PREEMPTED_EXIT_CODE, Trainer
+from xlsr.engine.trainer import Trainer
+from xlsr.process import StopRequest
 
 
 class FixedBatches:
@@ -98,16 +99,18 @@ def main() -> int:
     train_parser.add_argument("overrides", nargs="*")
     train_args = train_parser.parse_args(train.split())
     cfg = load_config(train_args.config, train_args.overrides)
+    stop = StopRequest()
+    stop.install()
     env = init_distributed(cfg.distributed.timeout_s)
     nan_at = {int(u) for u in args.nan_at.split(",") if u}
     fail_at = args.fail_at if env.rank == args.fail_rank else None
     data = FixedBatches(args.batches, env.rank, env.world_size, cfg.optim.update_freq, nan_at, fail_at)
     DumpingTrainer.dump_path = args.dump_params
     try:
-        result = DumpingTrainer(cfg, env, data=data).fit()
+        result = DumpingTrainer(cfg, env, stop, data=data).fit()
     finally:
         shutdown()
-    return PREEMPTED_EXIT_CODE if result.status == "preempted" else 0
+    return result.exit_code
 
 
 if __name__ == "__main__":

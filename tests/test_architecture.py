@@ -34,9 +34,7 @@ def module_name(path: Path) -> str:
 
 def project_modules() -> dict[str, Path]:
     return {
-        module_name(path): path
-        for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
+        module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
     }
 
 
@@ -89,7 +87,11 @@ def forbidden(source: str, target: str) -> str | None:
     allowed = {"xlsr": {"xlsr"}, "sharding": {"xlsr", "sharding"}, "launchers": set(PACKAGES)}
     if layer(target) not in allowed[layer(source)]:
         return f"{layer(source)} may not import {layer(target)}"
-    for lower, upper in (("xlsr.model", "xlsr.engine"), ("xlsr.data", "xlsr.engine"), ("xlsr.model", "xlsr.data")):
+    for lower, upper in (
+        ("xlsr.model", "xlsr.engine"),
+        ("xlsr.data", "xlsr.engine"),
+        ("xlsr.model", "xlsr.data"),
+    ):
         if (source == lower or source.startswith(lower + ".")) and (
             target == upper or target.startswith(upper + ".")
         ):

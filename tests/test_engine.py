@@ -73,11 +73,12 @@ def losses(run_dir: Path) -> list[dict]:
     return [{k: json.loads(line)[k] for k in ("step", *COMPARED)} for line in lines]
 
 
-def assert_trajectories_close(actual: list[dict], expected: list[dict], rtol: float = 2e-4) -> None:
+def assert_trajectories_close(actual: list[dict], expected: list[dict], rtol: float = 1e-5) -> None:
+    # measured: DDP, FSDP and ZeRO-2 bit-identical to one process; ZeRO-3 within 5e-7
     assert [m["step"] for m in actual] == [m["step"] for m in expected]
     for a, e in zip(actual, expected, strict=True):
         for key in COMPARED:
-            assert a[key] == pytest.approx(e[key], rel=rtol, abs=1e-6), (a["step"], key, a[key], e[key])
+            assert a[key] == pytest.approx(e[key], rel=rtol, abs=0), (a["step"], key, a[key], e[key])
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,9 @@ def test_two_process_backends_match_single_process(global_batches, reference, tm
     saved = [step for step, _ in complete_checkpoints(tmp_path / "run" / "checkpoints")]
     assert saved == ([4, 6] if "checkpoint.async_save=true" in backend else [UPDATES])
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
-    assert math.isfinite(reference[-1]["loss"]) and reference[-1]["loss"] < reference[0]["loss"] + 0.5
+    # measured: 7.13 -> 6.60 bits, falling at every update; chance level is log2(101) = 6.66
+    assert reference[-1]["loss"] < reference[0]["loss"] - 0.3
+    assert reference[-1]["loss_contrastive"] < math.log2(101)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +157,7 @@ def test_too_many_non_finite_updates_stop_without_saving(global_batches, tmp_pat
         global_batches, tmp_path / "run", 2, "optim.max_consecutive_nonfinite=2",
         worker_args=("--nan-at", "1,2,3,4,5"),
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 1  # an internal error, not a stop (75) or a user error (2)
     assert "consecutive updates had a non-finite loss or gradient" in result.stderr
     assert complete_checkpoints(tmp_path / "run" / "checkpoints") == []
 
@@ -165,7 +168,7 @@ def test_a_dead_rank_fails_the_job_quickly_with_its_error(global_batches, tmp_pa
         global_batches, tmp_path / "run", 2, "distributed.timeout_s=60",
         worker_args=("--fail-rank", "1", "--fail-at", "2"),
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode not in (0, 2, 75)
     assert "injected failure on rank 1 at update 2" in result.stderr
     assert time.monotonic() - started < 120
 
@@ -227,7 +230,9 @@ def test_mixed_precision_tracks_fp32(global_batches, calm_reference, tmp_path, b
     assert result.returncode == 0, result.stderr[-3000:]
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for got, want in zip(history, calm_reference, strict=True):
-        # measured: within 0.3% (bf16) and 0.1% (fp16) at every update
-        assert got["loss"] == pytest.approx(want["loss"], rel=5e-3), got["step"]
+        # measured over seeds 1-3: bf16 at most 0.51% (seed 1, update 3), fp16 at most 0.21%
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-2 if precision == "bf16" else 5e-3), got[
+            "step"
+        ]
     scales = {m["loss_scale"] for m in history}
     assert scales == ({128.0} if precision == "fp16" else {1.0})  # fairseq's initial fp16 scale

@@ -188,7 +188,7 @@ def test_hf_config_has_expected_fields():
 
 
 def to_fairseq_state(state: dict[str, torch.Tensor], layer_norm: bool) -> dict[str, torch.Tensor]:
-    """Our names → fairseq's (spec §4.1), written independently of the importer under test."""
+    """Our names → fairseq's ``Wav2Vec2Model`` keys, written independently of the importer under test."""
     pos_conv = {
         "encoder.pos_conv.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
         "encoder.pos_conv.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",

@@ -27,7 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
     [("base", 95.04), ("large", 317.38), ("xlsr_300m", 317.39), ("xlsr_1b", 965.51), ("xlsr_2b", 2162.93)],
 )
 def test_parameter_counts_match_reference(recipe: str, millions: float):
-    # Pretraining parameters as in spec §1.2/§1.3: everything, quantizer and heads included.
+    # Pretraining parameters (docs/model.md, "The family"): everything, quantizer and heads included.
     cfg = load_config(CONFIGS / f"{recipe}.yaml").model
     with torch.device("meta"):
         model = Wav2Vec2Model(cfg)
@@ -55,7 +55,7 @@ def test_meta_build_then_init_weights():
     torch.manual_seed(0)
     model.init_weights()
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert model.quantizer.temperature.item() == 2.0
+    assert model.quantizer.curr_temp == 2.0
     out = model(torch.randn(2, 4000), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.logits[out.mask_indices][:, 0]).all()
 
@@ -66,17 +66,18 @@ def test_init_follows_fairseq():
     model = Wav2Vec2Model(cfg)
     # Positional conv: N(0, sqrt(4/(k·D))) *before* weight norm, so the effective weight keeps that std.
     pos = model.encoder.pos_conv.conv
-    assert pos.weight.std().item() == pytest.approx(math.sqrt(4 / (128 * 768)), rel=0.02)
+    assert pos.weight.std().item() == pytest.approx(math.sqrt(4 / (128 * 768)), rel=5e-3)
     assert pos.parametrizations.weight.original0.shape == (1, 1, 128)
-    assert pos.parametrizations.weight.original0.mean().item() == pytest.approx(1.23, abs=0.02)
+    # weight norm's g starts as the norm of each kernel slice: sqrt(48 · 4 / 128) = sqrt(1.5) in expectation
+    assert pos.parametrizations.weight.original0.mean().item() == pytest.approx(math.sqrt(1.5), rel=3e-3)
     assert (pos.bias == 0).all()
     layer = model.encoder.layers[0]
-    assert layer.fc1.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert layer.fc1.weight.std().item() == pytest.approx(0.02, rel=5e-3)
     assert (layer.self_attn.q_proj.bias == 0).all()
-    assert model.quantizer.weight_proj.weight.std().item() == pytest.approx(1.0, rel=0.02)
+    assert model.quantizer.weight_proj.weight.std().item() == pytest.approx(1.0, rel=1e-2)
     assert model.mask_emb.min() >= 0 and model.mask_emb.max() < 1
     conv0 = model.feature_extractor.conv_layers[0].conv.weight
-    assert conv0.std().item() == pytest.approx(math.sqrt(2 / 10), rel=0.1)  # kaiming normal, fan_in 10
+    assert conv0.std().item() == pytest.approx(math.sqrt(2 / 10), rel=0.04)  # kaiming normal, fan_in 10
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,14 +210,17 @@ def test_loss_matches_fairseq_criterion():
     torch.testing.assert_close(metrics["loss_feature_penalty"], penalty.detach())
     is_max, is_min = rows.argmax(-1) == 0, rows.argmin(-1) == 0
     assert metrics["correct"].item() == (is_max.sum() - (is_max & is_min).sum()).item()
-    assert metrics["count"].item() == n
-    assert metrics["temperature"].item() == 2.0
+    assert set(metrics) == {
+        "loss_contrastive", "loss_diversity", "loss_feature_penalty", "correct", "sample_size",
+        "prob_perplexity", "code_perplexity",
+    }  # fmt: skip
     assert all(not v.requires_grad for v in metrics.values())
 
 
 def test_quantizer_perplexities_use_masked_frames_only():
     torch.manual_seed(0)
     quantizer = GumbelVectorQuantizer(8, 16, 2, 16, (2.0, 0.5, 0.999995)).eval()
+    quantizer.init_weights()  # the model initialises its parts; alone, the quantizer is uninitialised
     x = torch.randn(2, 10, 8)
     weights = torch.zeros(2, 10)
     weights[0, :4] = 1
@@ -231,6 +235,7 @@ def test_quantizer_perplexities_use_masked_frames_only():
 def test_gumbel_training_is_straight_through_one_hot():
     torch.manual_seed(0)
     quantizer = GumbelVectorQuantizer(8, 16, 2, 16, (2.0, 0.5, 0.999995)).train()
+    quantizer.init_weights()  # the model initialises its parts; alone, the quantizer is uninitialised
     x = torch.randn(2, 10, 8, requires_grad=True)
     quantized, codes, _, _ = quantizer(x, torch.ones(2, 10), torch.Generator().manual_seed(0))
     codebook = quantizer.vars.view(2, 16, 8)
@@ -249,7 +254,6 @@ def test_gumbel_temperature_schedule(floor: float, update: int, temp: float):
     model = Wav2Vec2Model(small_config(True, latent_temp=(2.0, floor, 0.999995)))
     model.set_num_updates(update)
     assert model.quantizer.curr_temp == pytest.approx(temp, abs=5e-4)
-    assert model.quantizer.temperature.item() == pytest.approx(temp, abs=5e-4)
 
 
 # --------------------------------------------------------------------------------------------------

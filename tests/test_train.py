@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xlsr.engine.checkpoint import complete_checkpoints
-from xlsr.engine.trainer import PREEMPTED_EXIT_CODE
+from xlsr.process import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
@@ -164,13 +164,13 @@ def test_a_dead_wandb_run_never_stops_training(tmp_path, monkeypatch, caplog):
     """W&B is an observer: a run whose service went away (here: finished behind the logger's back, a real
     wandb UsageError) turns W&B off with a warning; logging and closing go on."""
     from xlsr.config import load_config
-    from xlsr.engine.metrics import MetricsLogger
+    from xlsr.engine.reporting import WandbLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(
         Path(__file__).parents[1] / "configs/tiny.yaml", [f"run_dir={tmp_path}", "logging.wandb_mode=offline"]
     )
-    logger = MetricsLogger(cfg, enabled=True, run_id="deadrun")
+    logger = WandbLogger(cfg, run_id="deadrun")
     logger.run.finish()
     logger.log(1, {"loss": 1.0})
     assert logger.run is None and "W&B log failed (UsageError" in caplog.text

@@ -1,6 +1,8 @@
 """The `xlsr` command: shard, stats, train, launch, export, import, demo.
 
 These subcommands and their flags are a contract with users' scripts: extend them, never rename.
+This module only parses arguments, calls the typed entry points (`xlsr.train`, `sharding.shard`,
+`launchers`...) and maps errors to exit codes; nothing imports it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from xlsr.config import ConfigError, load_config
-from xlsr.data.shards import ShardIndexError
+from xlsr.process import USER_ERROR_EXIT_CODE, UserError
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,22 +25,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from xlsr.engine.distributed import init_distributed, shutdown
-    from xlsr.engine.trainer import PREEMPTED_EXIT_CODE, run_training
+    import xlsr
+    from xlsr.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    env = init_distributed(cfg.distributed.timeout_s)
-    if not env.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = run_training(cfg, env)
-    finally:
-        shutdown()
-    return PREEMPTED_EXIT_CODE if result.status == "preempted" else 0
+    return xlsr.train(load_config(args.config, args.overrides)).exit_code
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
+def cmd_launch_local(args: argparse.Namespace) -> int:
     from launchers.local import launch_local
+    from xlsr.config import load_config
 
     load_config(args.config, args.overrides)  # fail here, not in N processes
     return launch_local(args.nproc, ["--config", args.config, *args.overrides])
@@ -47,7 +42,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from xlsr.pretrained import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out_dir, target=args.to)
+    out = export_checkpoint(args.checkpoint, args.out_dir, target=args.to, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -55,7 +50,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from xlsr.pretrained import import_checkpoint
 
-    out = import_checkpoint(args.source, args.out, source_format=getattr(args, "from"))
+    out = import_checkpoint(
+        args.source, args.out, source_format=getattr(args, "from"), overwrite=args.overwrite
+    )
     print(f"wrote {out}; continue pretraining with checkpoint.init_from={out}")
     return 0
 
@@ -68,15 +65,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sharding.cli import add_shard_arguments, add_stats_arguments, run_shard, run_stats
+def cmd_shard(args: argparse.Namespace) -> int:
+    from sharding.cli import run_shard
 
-    parser = argparse.ArgumentParser(prog="xlsr", description="wav2vec 2.0 / XLS-R pretraining")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if not args.slurm:
+        return run_shard(args)
+    from launchers.slurm.cli import run_shard_array
+    from sharding.cli import shard_job_from_args
+
+    return run_shard_array(shard_job_from_args(args), args)
+
+
+def _add_shard_command(commands: argparse._SubParsersAction) -> None:
+    from launchers.slurm.cli import add_shard_slurm_arguments
+    from sharding.cli import add_shard_arguments
 
     shard = commands.add_parser("shard", help="turn a raw corpus into 16 kHz WebDataset shards")
     add_shard_arguments(shard)
-    shard.set_defaults(func=run_shard)
+    add_shard_slurm_arguments(shard)  # --slurm --array N [--partition ...] [--dry-run]
+    shard.set_defaults(func=cmd_shard)
+
+
+def _add_launch_command(commands: argparse._SubParsersAction) -> None:
+    from launchers.slurm.cli import (
+        add_slurm_arguments,
+        add_status_arguments,
+        run_launch_slurm,
+        run_launch_status,
+    )
+
+    launch = commands.add_parser("launch", help="start a multi-process training job")
+    where = launch.add_subparsers(dest="where", required=True, metavar="WHERE")
+    local = where.add_parser("local", help="N processes on this machine")
+    local.add_argument("--nproc", type=int, default=1, help="processes (one per GPU, or CPU workers)")
+    _add_train_arguments(local)
+    local.set_defaults(func=cmd_launch_local)
+    slurm = where.add_parser("slurm", help="submit to SLURM (submitit): one task per GPU, requeue, resume")
+    add_slurm_arguments(slurm)
+    slurm.set_defaults(func=run_launch_slurm)
+    status = where.add_parser("status", help="state, last metrics and log paths of a SLURM run directory")
+    add_status_arguments(status)
+    status.set_defaults(func=run_launch_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sharding.cli import add_stats_arguments, run_stats
+
+    parser = argparse.ArgumentParser(prog="xlsr", description="wav2vec 2.0 / XLS-R pretraining")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of user errors (or XLSR_DEBUG=1)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_shard_command(commands)
 
     stats = commands.add_parser("stats", help="hours per language before/after upsampling, with a plot")
     add_stats_arguments(stats)
@@ -85,21 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="pretrain in this process (reads RANK/WORLD_SIZE if set)")
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
-
-    launch = commands.add_parser("launch", help="start a multi-process training job")
-    where = launch.add_subparsers(dest="where", required=True, metavar="WHERE")
-    local = where.add_parser("local", help="N processes on this machine")
-    local.add_argument("--nproc", type=int, default=1, help="processes (one per GPU, or CPU workers)")
-    _add_train_arguments(local)
-    local.set_defaults(func=cmd_launch)
-    from launchers.slurm import add_slurm_arguments, add_status_arguments, launch_slurm, launch_status
-
-    slurm = where.add_parser("slurm", help="submit to SLURM (submitit): one task per GPU, requeue, resume")
-    add_slurm_arguments(slurm)
-    slurm.set_defaults(func=launch_slurm)
-    status = where.add_parser("status", help="state, last metrics and log paths of a SLURM run directory")
-    add_status_arguments(status)
-    status.set_defaults(func=launch_status)
+    _add_launch_command(commands)
 
     export = commands.add_parser("export", help="write a training checkpoint in another framework's format")
     export.add_argument("--to", choices=["hf"], required=True)
@@ -107,12 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="a checkpoint directory (step-N) or a file written by `xlsr import`"
     )
     export.add_argument("out_dir")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
     export.set_defaults(func=cmd_export)
 
     imp = commands.add_parser("import", help="convert a published checkpoint to continue pretraining from it")
     imp.add_argument("--from", choices=["hf", "fairseq"], required=True)
     imp.add_argument("source", help="HF model directory or fairseq .pt file")
     imp.add_argument("out", help="output .pt file for checkpoint.init_from")
+    imp.add_argument("--overwrite", action="store_true", help="replace an earlier `xlsr import` file")
     imp.set_defaults(func=cmd_import)
 
     demo = commands.add_parser(
@@ -133,9 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ShardIndexError) as exc:
-        print(f"xlsr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as exc:
+        if args.debug or os.environ.get("XLSR_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"xlsr {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -74,15 +74,17 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], objec
     return Path(path)
 
 
-def publish_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Rename a fully written directory into place durably: its files, itself and its parent.
+def publish_directory(tmp: str | os.PathLike, final: str | os.PathLike, files_synced: bool = False) -> None:
+    """Rename a fully written directory into place durably: its files (unless the writers already
+    fsynced them), its directories, the rename itself.
 
-    ``final`` must not exist (a rename onto a non-empty directory fails, which is what we want:
-    nothing is ever replaced by accident).
+    ``final`` must not exist: nothing is ever replaced by accident.
     """
     tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; not replacing it")
     for child in tmp.rglob("*"):
-        if child.is_file() and not child.is_symlink():
+        if not files_synced and child.is_file() and not child.is_symlink():
             fsync_file(child)
     for directory in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
         fsync_dir(directory)

@@ -12,6 +12,7 @@ Torch-free, so launchers and login-node tools can import it cheaply. The stop pr
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 
@@ -25,3 +26,38 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class UserError(Exception):
+    """Wrong input (command line, config, data, paths): shown as one line, exit code 2, no traceback.
+
+    The library's error types for user input (config, shard index, checkpoint, launch) derive from
+    it; any other exception is an internal error and keeps its traceback.
+    """
+
+
+class StopRequest:
+    """Remembers that a stop signal arrived; training checks it between updates.
+
+    ``install()`` makes every ``STOP_SIGNALS`` signal set the flag instead of killing the process.
+    Install it first thing, before anything slow (joining the process group, building the model),
+    so a stop during start-up is not lost: training then stops after its first update, or exits
+    with ``PREEMPTED_EXIT_CODE`` before it if it never starts.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        logging.getLogger("xlsr.train").warning(
+            "got %s: saving a checkpoint after this update", signal.Signals(signum).name
+        )

@@ -3,169 +3,292 @@
 Layout of one checkpoint, ``<checkpoint_dir>/step-00001000/``:
 - the backend's model and optimizer state, sharded as trained: DCP files (``.metadata``,
   ``__*_*.distcp``, reshardable to any world size on load) or DeepSpeed's own files;
-- ``trainer.pt``: step, scheduler, loss-scale and skip counters, W&B run id (rank 0);
-- ``rank-00003.pt``: that rank's RNG states and data-stream state;
-- ``config.yaml``: the resolved config; ``meta.json``: a human-readable summary.
+- ``trainer.pt``: the state every rank shares, one entry per stateful part (``train``: step, skip
+  counters, run ids; ``backend``: scheduler, loss scale), and the world size (rank 0);
+- ``rank-00003.pt``: that rank's own parts (``rng``, ``data``);
+- ``config.yaml``: the resolved config; ``meta.json``: a human-readable summary;
+- ``manifest.json``: size and CRC-32 of every file above (`xlsr.engine.checkpoint_files`).
 
-Everything is written into ``step-N.tmp/`` and renamed when every rank has finished, so a directory
-without the ``.tmp`` suffix is always complete; a job killed mid-save leaves only a ``.tmp`` that the
-next save removes.
+Everything is written into ``step-N.<job token>.tmp/``, fsynced, and renamed when every rank has
+finished, so a ``step-N`` directory is always complete. On resume the newest checkpoint whose files
+match their manifest wins; damaged ones are named in a warning and left on disk. Pruning deletes
+only this run's own older, intact checkpoints.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-from xlsr.config import TrainConfig, atomic_write_text, dump_config
+from xlsr.config import TrainConfig, dump_config
+from xlsr.engine.checkpoint_files import (
+    MANIFEST_NAME,
+    META_NAME,
+    TRAINER_STATE_NAME,
+    checkpoint_files,
+    complete_checkpoints,
+    describe_files,
+    quick_check,
+    read_json,
+    step_dir_name,
+    verify_slice,
+)
 from xlsr.engine.distributed import DistEnv
+from xlsr.fileio import atomic_write_text, fsync_dir, publish_directory
+from xlsr.process import UserError
 
 if TYPE_CHECKING:
     from xlsr.engine.backends import Backend
 
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^step-(\d{8})$")
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "complete_checkpoints",
+    "load_model_state",
+    "read_trainer_state",
+]
+
+# trainer.pt before format 2 held the train state's keys at the top level.
+TRAINER_STATE_FORMAT = 2
+_LEGACY_TRAIN_KEYS = ("step", "skipped_total", "wandb_run_id")
 
 
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
+class CheckpointError(UserError):
+    pass
 
 
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = STEP_DIR.match(path.name)
-        if match and (path / "trainer.pt").is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Checkpointer:
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
         self.root = cfg.checkpoint_dir
-        self._pending: tuple[Any, Path, Path] | None = None
+        self.run_uid: str | None = None  # set by the trainer: checkpoints of this run carry it
+        self._pending: tuple[Any, Path, Path, int] | None = None
+        self._damaged: set[Path] = set()
+        token = [secrets.token_hex(4) if env.is_main else None]
+        if env.world_size > 1:
+            dist.broadcast_object_list(token, src=0, group=env.cpu_group)
+        self.token = token[0]  # temporary directories of this job, unique per job
+
+    # -- choosing where to resume -----------------------------------------------------------------
 
     def resume_path(self) -> Path | None:
-        """The checkpoint to resume from, per ``checkpoint.resume``."""
+        """The checkpoint to resume from, per ``checkpoint.resume`` (collective: every rank calls it)."""
         mode = self.cfg.checkpoint.resume
         if mode == "never":
+            existing = complete_checkpoints(self.root)
+            if existing:
+                raise CheckpointError(
+                    f"checkpoint.resume=never, but {self.root} already holds checkpoints "
+                    f"({existing[-1][1].name} and {len(existing) - 1} more): choose a new run_dir or "
+                    "checkpoint.dir, or resume them with checkpoint.resume=auto"
+                )
             return None
-        if mode == "auto":
-            found = complete_checkpoints(self.root)
-            return found[-1][1] if found else None
-        path = Path(mode)
-        if not (path / "trainer.pt").is_file():
-            raise FileNotFoundError(f"checkpoint.resume={mode}: not a complete checkpoint directory")
-        return path
+        if mode != "auto":
+            path = Path(mode)
+            if not (path / TRAINER_STATE_NAME).is_file():
+                raise CheckpointError(f"checkpoint.resume={mode}: not a complete checkpoint directory")
+            reason = self.damage(path)
+            if reason:
+                raise CheckpointError(f"checkpoint.resume={mode} is damaged: {reason}")
+            return path
+        return self._newest_intact()
+
+    def _newest_intact(self) -> Path | None:
+        found = complete_checkpoints(self.root)
+        reasons = []
+        for _, path in reversed(found):
+            reason = self.damage(path)
+            if reason is None:
+                return path
+            self._damaged.add(path)
+            reasons.append(f"{path.name}: {reason}")
+            if self.env.is_main:
+                log.warning("checkpoint %s is damaged (%s): skipped, left on disk", path, reason)
+        if found:
+            raise CheckpointError(f"no intact checkpoint in {self.root}: " + "; ".join(reasons))
+        return None
+
+    def damage(self, path: Path) -> str | None:
+        """Why checkpoint ``path`` is damaged, or None; every rank checks a slice of its files."""
+        reason = verify_slice(path, self.env.rank, self.env.world_size)
+        if self.env.world_size == 1:
+            return reason
+        reasons: list[str | None] = [None] * self.env.world_size
+        dist.all_gather_object(reasons, reason, group=self.env.cpu_group)
+        return next((r for r in reasons if r), None)
+
+    # -- saving -------------------------------------------------------------------------------------
 
     def save(
         self,
         step: int,
         backend: Backend,
-        trainer_state: dict[str, Any],
-        rank_state: dict[str, Any],
+        shared: dict[str, Stateful],
+        per_rank: dict[str, Stateful],
         asynchronous: bool = False,
     ) -> Path:
-        """Write ``step-N`` (into ``step-N.tmp``, renamed when complete on every rank).
+        """Write ``step-N`` (into a temporary directory, published when complete on every rank).
 
-        With ``asynchronous``, the backend's state is written in the background and the rename
-        happens at the next save (or `wait`); until then the previous checkpoint is the newest.
+        ``backend.save`` writes the (sharded) model and optimizer; ``shared`` parts are the same on
+        every rank and saved once in ``trainer.pt``; ``per_rank`` parts go to ``rank-R.pt``. With
+        ``asynchronous``, the backend's state is written in the background and publishing happens
+        at the next save (or `wait`); until then the previous checkpoint is the newest.
         """
         self.wait()
         final = self.root / step_dir_name(step)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = self.root / f"{final.name}.{self.token}.tmp"
         if self.env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
+            tmp.mkdir()
         dist.barrier()
         pending = backend.save(tmp, asynchronous)
-        torch.save(rank_state, tmp / f"rank-{self.env.rank:05d}.pt")
+        torch.save(
+            {name: part.state_dict() for name, part in per_rank.items()}, tmp / rank_file_name(self.env.rank)
+        )
         if self.env.is_main:
-            state = {**trainer_state, "backend": backend.state_dict(), "world_size": self.env.world_size}
-            torch.save(state, tmp / "trainer.pt")
-            atomic_write_text(tmp / "config.yaml", dump_config(self.cfg))
+            state = {
+                "format": TRAINER_STATE_FORMAT,
+                "world_size": self.env.world_size,
+                **{name: part.state_dict() for name, part in shared.items()},
+            }
+            torch.save(state, tmp / TRAINER_STATE_NAME)
+            (tmp / "config.yaml").write_text(dump_config(self.cfg))
             meta = {
                 "step": step,
                 "world_size": self.env.world_size,
                 "backend": self.cfg.distributed.backend,
+                "run_uid": self.run_uid,
                 "time": time.time(),
             }
-            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
-        self._pending = (pending, tmp, final)
+            (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+        self._pending = (pending, tmp, final, step)
         if pending is None:
             self.wait()
         return final
 
     def wait(self) -> None:
-        """Complete the save in flight, if any: all ranks finished writing, then the rename."""
+        """Complete the save in flight, if any: every rank's files written, checksummed, synced; then
+        the manifest, the rename and pruning on rank 0."""
         if self._pending is None:
             return
-        future, tmp, final = self._pending
+        future, tmp, final, step = self._pending
         self._pending = None
         if future is not None:
             future.result()
         dist.barrier()
+        names = checkpoint_files(tmp)[self.env.rank :: self.env.world_size]
+        entries = describe_files(tmp, names, sync=True)
+        gathered: list[dict | None] = [entries]
+        if self.env.world_size > 1:
+            gathered = [None] * self.env.world_size
+            dist.all_gather_object(gathered, entries, group=self.env.cpu_group)
         if self.env.is_main:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            self._prune()
+            files = {name: entry for part in gathered for name, entry in (part or {}).items()}
+            atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"files": files}, indent=1, sort_keys=True))
+            self._move_aside_if_present(final)
+            publish_directory(tmp, final, files_synced=True)
+            self._prune(step)
         dist.barrier()
 
-    def _prune(self) -> None:
-        keep_every = self.cfg.checkpoint.keep_every
-        found = complete_checkpoints(self.root)
-        recent = {step for step, _ in found[-self.cfg.checkpoint.keep_last :]}
-        for step, path in found:
-            if step not in recent and not (keep_every and step % keep_every == 0):
+    def _remove_stale_temporaries(self) -> None:
+        """Half-written checkpoints of this run's earlier jobs (this job holds the run's lock)."""
+        for path in self.root.glob("step-*.tmp"):
+            if path.is_dir() and self.token not in path.name:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def load(self, path: Path, backend: Backend) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Restore the backend (resharded if needed); returns trainer state and this rank's state.
+    def _move_aside_if_present(self, final: Path) -> None:
+        """A damaged checkpoint at the step being written is kept, under another name."""
+        if final.exists():
+            aside = final.with_name(f"{final.name}.damaged-{self.token}")
+            log.warning("%s exists (damaged, skipped on resume): moved to %s", final, aside.name)
+            final.rename(aside)
 
-        The rank state is None when the checkpoint was written by a different world size.
+    def _prune(self, current: int) -> None:
+        """Delete this run's older checkpoints beyond ``keep_last`` (and not kept by ``keep_every``).
+
+        Never a checkpoint newer than the one just written, of another run, written by an older
+        xlsr (no run id), or damaged; only intact ones count toward ``keep_last``.
         """
+        keep_every = self.cfg.checkpoint.keep_every
+        ours = [
+            (step, path)
+            for step, path in complete_checkpoints(self.root)
+            if step <= current and path not in self._damaged and self._is_ours(path) and quick_check(path)
+        ]
+        recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {current}
+        for step, path in ours:
+            if step not in recent and not (keep_every and step % keep_every == 0):
+                shutil.rmtree(path, ignore_errors=True)
+        fsync_dir(self.root)
+
+    def _is_ours(self, path: Path) -> bool:
+        meta = read_json(path / META_NAME) or {}
+        return self.run_uid is not None and meta.get("run_uid") == self.run_uid
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def load(self, path: Path, backend: Backend, shared: dict[str, Stateful]) -> dict[str, Any] | None:
+        """Restore the backend (resharded if needed) and the ``shared`` parts; returns this rank's
+        saved parts, or None when the checkpoint was written by a different world size."""
         backend.load(path)
         trainer_state = read_trainer_state(path)
-        backend.load_state_dict(trainer_state["backend"])
-        rank_file = path / f"rank-{self.env.rank:05d}.pt"
+        for name, part in shared.items():
+            part.load_state_dict(trainer_state[name])
+        rank_file = path / rank_file_name(self.env.rank)
         same_world = trainer_state["world_size"] == self.env.world_size
-        rank_state = torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
-        return trainer_state, rank_state
+        return torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
+
+
+def rank_file_name(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / "trainer.pt", weights_only=True)
+    """``trainer.pt`` of checkpoint ``path``, in the current format whatever version wrote it."""
+    try:
+        state = torch.load(path / TRAINER_STATE_NAME, weights_only=True)
+    except Exception as exc:  # a damaged pickle raises many types
+        raise CheckpointError(f"{path / TRAINER_STATE_NAME} is unreadable ({type(exc).__name__})") from None
+    if "format" not in state:
+        state = {
+            "format": TRAINER_STATE_FORMAT,
+            "world_size": state["world_size"],
+            "train": {key: state.get(key) for key in _LEGACY_TRAIN_KEYS},
+            "backend": state["backend"],
+        }
+    return state
 
 
 def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Full (unsharded) model weights of a training checkpoint, readable without a process group."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from xlsr.engine.safe_load import SafeFullLoadPlanner, SafeReader
 
     path = Path(path)
-    if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text())[
-        "backend"
-    ] == "deepspeed":
-        from xlsr.engine.deepspeed_backend import load_fp32_model_state
+    if (read_json(path / META_NAME) or {}).get("backend") == "deepspeed":
+        from xlsr.engine.backends.deepspeed_backend import load_fp32_model_state
 
         return load_fp32_model_state(path)
     if not (path / ".metadata").is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint directory (no .metadata)")
-    with tempfile.TemporaryDirectory() as tmp:
-        consolidated = Path(tmp) / "model.pt"
-        dcp_to_torch_save(path, consolidated)
-        state = torch.load(consolidated, weights_only=True)
+        raise CheckpointError(f"{path} is not a checkpoint directory (no .metadata)")
+    state: dict[str, Any] = {}
+    _load_state_dict(state, storage_reader=SafeReader(path), planner=SafeFullLoadPlanner(), no_dist=True)
     return state["model"]

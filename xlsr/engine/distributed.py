@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from xlsr.process import free_port
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -48,7 +50,7 @@ def init_distributed(timeout_s: int) -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()) if world_size == 1 else "29500")
+    os.environ.setdefault("MASTER_PORT", str(free_port()) if world_size == 1 else "29500")
     if torch.cuda.is_available():
         device = torch.device("cuda", _gpu_index(local_rank))
         torch.cuda.set_device(device)
@@ -63,12 +65,21 @@ def init_distributed(timeout_s: int) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, device, cpu_group)
 
 
-def _free_port() -> int:
-    import socket
+def any_rank_host(flag: bool, env: DistEnv) -> bool:
+    """True on every rank if ``flag`` is true on any rank: a host-side collective, no GPU sync."""
+    value = torch.tensor([1.0 if flag else 0.0])
+    if env.world_size > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=env.cpu_group)
+    return bool(value.item())
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:
+    """True on every rank if ``flag`` is true on any rank (stays on the device)."""
+    if world_size == 1:
+        return flag
+    value = flag.float()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value > 0
 
 
 def shutdown() -> None:

@@ -1,4 +1,4 @@
-"""Analytic training FLOPs per second of audio, and MFU (reference: performance_facts.md §2.1).
+"""Analytic training FLOPs per second of audio, and MFU (docs/performance.md explains the count).
 
 FLOPs = 2 × MACs; training = 3 × forward (backward ≈ 2 × forward; recomputation from activation
 checkpointing is not counted, as in the PaLM/Megatron convention). Counted: the conv feature encoder,
@@ -12,23 +12,13 @@ import torch
 
 from xlsr.config import ModelConfig
 
-SAMPLE_RATE = 16_000
-
 # bf16 dense peak TFLOP/s by device-name substring (first match wins).
 PEAK_TFLOPS = (("H200", 989.4), ("H100", 989.4), ("A100", 312.0), ("V100", 125.0), ("L40S", 362.0))
 
 
-def conv_output_lengths(num_samples: int, cfg: ModelConfig) -> list[int]:
-    lengths, length = [], num_samples
-    for _, kernel, stride in cfg.conv_feature_layers:
-        length = (length - kernel) // stride + 1
-        lengths.append(length)
-    return lengths
-
-
 def train_flops_per_crop(cfg: ModelConfig, crop_samples: int, masked_fraction: float = 0.49) -> float:
     """Training FLOPs for one utterance of ``crop_samples`` samples."""
-    lengths = conv_output_lengths(crop_samples, cfg)
+    lengths = cfg.conv_output_lengths(crop_samples)
     frames = lengths[-1]
     conv, in_channels = 0.0, 1
     for (channels, kernel, _), length in zip(cfg.conv_feature_layers, lengths, strict=True):

@@ -1,82 +1,148 @@
-"""Console, progress and Weights & Biases logging — rank 0 only, by construction."""
+"""What the trainer measures: device-side sums per logging interval, reduced once per interval
+into the logged metrics (losses in bits, accuracy, perplexities, throughput, MFU, memory), plus the
+console line and the collapse alarms.
+
+Nothing here syncs the device per micro-batch: the sums stay in one device tensor until ``reduce``.
+"""
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import secrets
-from pathlib import Path
+import resource
+import sys
 from typing import Any
 
-from xlsr.config import TrainConfig, atomic_write_text, to_dict
+import torch
+import torch.distributed as dist
 
-log = logging.getLogger("xlsr.train")
+from xlsr.config import SAMPLE_RATE, TrainConfig
+from xlsr.engine.distributed import DistEnv
+from xlsr.engine.flops import peak_flops, train_flops_per_crop
 
 BITS = 1 / math.log(2)
+# Per-micro-batch sums that pretraining_loss returns in its metrics.
+LOSS_METRICS = (
+    "loss_contrastive",
+    "loss_diversity",
+    "loss_feature_penalty",
+    "correct",
+    "sample_size",
+    "prob_perplexity",
+    "code_perplexity",
+)
+DATA_SKIP_REASONS = ("too_short", "undecodable", "broken_units")
+# Device-side sums kept between logging intervals, in this order.
+SUM_KEYS = (
+    "loss",
+    *LOSS_METRICS,
+    "micro_batches",
+    "audio_samples",
+    "crops",
+    "updates",
+    "grad_norm",
+    "skipped",
+)
 
 
-def wandb_run_id(cfg: TrainConfig) -> str:
-    """A run id that survives requeues: env override, else the one stored in the run directory."""
-    if os.environ.get("WANDB_RUN_ID"):
-        return os.environ["WANDB_RUN_ID"]
-    path = Path(cfg.run_dir) / "wandb_run_id"
-    if path.is_file():
-        return path.read_text().strip()
-    run_id = f"{Path(cfg.run_dir).name}-{secrets.token_hex(4)}"
-    atomic_write_text(path, run_id)
-    return run_id
+class IntervalMeter:
+    """Sums over one logging interval on this rank; ``reduce`` all-reduces them and starts anew."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        self.sums = torch.zeros(len(SUM_KEYS), device=env.device)
+        self.data_wait = 0.0
+
+    def _add(self, key: str, value: torch.Tensor | float) -> None:
+        # Host-side counts stay Python numbers: a new device tensor from a host value would sync.
+        self.sums[SUM_KEYS.index(key)] += value.float() if torch.is_tensor(value) else value
+
+    def add_micro_batch(
+        self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], samples: int, crops: int
+    ) -> None:
+        self._add("loss", loss)
+        for key in LOSS_METRICS:
+            self._add(key, metrics[key])
+        self._add("micro_batches", 1.0)
+        self._add("audio_samples", float(samples))
+        self._add("crops", float(crops))
+
+    def add_update(self, skipped: torch.Tensor, grad_norm: torch.Tensor, data_wait: float) -> None:
+        self._add("updates", 1.0)
+        self._add("grad_norm", torch.where(skipped, 0.0, grad_norm))
+        self._add("skipped", skipped.float())
+        self.data_wait += data_wait
+
+    def reduce(self, step: int, elapsed: float, data_skips: dict[str, int]) -> dict[str, float]:
+        """The interval's metrics (equal on every rank); ``elapsed`` seconds of wall time."""
+        sums = self.sums.clone()
+        dist.all_reduce(sums)
+        self.sums.zero_()
+        skips = torch.tensor([float(data_skips.get(reason, 0)) for reason in DATA_SKIP_REASONS])
+        if self.env.world_size > 1:
+            dist.all_reduce(skips, group=self.env.cpu_group)
+        totals = dict(zip(SUM_KEYS, sums.tolist(), strict=True))
+        metrics = interval_metrics(totals, self.cfg, self.env.world_size, elapsed)
+        metrics["data_wait"] = self.data_wait / elapsed
+        metrics["eta_s"] = (
+            elapsed / max(totals["updates"] / self.env.world_size, 1) * (self.cfg.last_update - step)
+        )
+        metrics.update(
+            {f"data_skipped_{r}": n for r, n in zip(DATA_SKIP_REASONS, skips.tolist(), strict=True)}
+        )
+        metrics.update(hardware_metrics(self.cfg, self.env.device, metrics["audio_s_per_s"], totals))
+        self.data_wait = 0.0
+        return metrics
 
 
-class MetricsLogger:
-    def __init__(self, cfg: TrainConfig, enabled: bool, run_id: str | None):
-        self.cfg, self.enabled = cfg, enabled
-        self.run = None
-        if enabled and cfg.logging.wandb_mode != "disabled" and run_id:
-            import wandb
+def interval_metrics(s: dict[str, float], cfg: TrainConfig, world: int, elapsed: float) -> dict[str, float]:
+    """Per-update averages from sums over all ranks (every rank counts each update once).
 
-            self.run = wandb.init(
-                project=cfg.logging.wandb_project,
-                entity=cfg.logging.wandb_entity,
-                name=cfg.logging.run_name or Path(cfg.run_dir).name,
-                id=run_id,
-                resume="allow",
-                dir=cfg.run_dir,
-                mode=cfg.logging.wandb_mode,
-                config=to_dict(cfg),
-            )
+    Averages divide by the updates actually summed, so an interval cut short by a stop or a resume
+    is as correct as a full one.
+    """
+    updates = max(s["updates"] / world, 1)
+    applied = max(updates - s["skipped"] / world, 1)
+    masked = max(s["sample_size"], 1)
+    micro = max(s["micro_batches"], 1)
+    audio_seconds = s["audio_samples"] / SAMPLE_RATE
+    loss_diversity = s["loss_diversity"] / masked * BITS
+    return {
+        "loss": s["loss"] / masked * BITS,
+        "loss_contrastive": s["loss_contrastive"] / masked * BITS,
+        "loss_diversity": loss_diversity,
+        "loss_feature_penalty": s["loss_feature_penalty"] / masked * BITS,
+        "accuracy": s["correct"] / masked,
+        "prob_perplexity": s["prob_perplexity"] / micro,
+        "code_perplexity": s["code_perplexity"] / micro,
+        "grad_norm": s["grad_norm"] / applied / world,  # each rank adds the global norm
+        "audio_s_per_s": audio_seconds / elapsed / world,
+        "frames_per_s": audio_seconds * cfg.model.frame_rate_hz / elapsed / world,
+        "masked_frames_per_update": s["sample_size"] / updates,
+        "crops_per_update": s["crops"] / updates,
+        "diversity": loss_diversity / BITS / max(cfg.loss.diversity_weight, 1e-12),
+    }
 
-    @property
-    def wandb_dir(self) -> str | None:
-        """The run's directory (what `wandb sync` takes), not its ``files/`` subfolder."""
-        return str(Path(self.run.dir).parent) if self.run is not None else None
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.run is not None:
-            self._guarded("log", lambda: self.run.log(metrics, step=step))
+def hardware_metrics(
+    cfg: TrainConfig, device: torch.device, audio_s_per_s: float, totals: dict[str, float]
+) -> dict[str, float]:
+    """Model FLOP/s per rank (analytic count at the interval's mean crop), MFU on a known GPU, memory."""
+    mean_crop = int(totals["audio_samples"] / max(totals["crops"], 1))
+    metrics = {"peak_memory_gb": peak_memory_gb(device)}
+    if mean_crop > 0:
+        flops_per_audio_s = train_flops_per_crop(cfg.model, mean_crop) / (mean_crop / SAMPLE_RATE)
+        metrics["tflops_per_s"] = flops_per_audio_s * audio_s_per_s / 1e12
+        peak = peak_flops(device)
+        if peak:
+            metrics["mfu"] = metrics["tflops_per_s"] * 1e12 / peak
+    return metrics
 
-    def log_probability_table(self, hours: dict, probs: dict) -> None:
-        if self.run is None:
-            return
-        import wandb
 
-        rows = [[c, lang, hours[(c, lang)], probs[(c, lang)]] for (c, lang) in sorted(hours)]
-        table = wandb.Table(columns=["corpus", "language", "hours", "sampling_probability"], data=rows)
-        self._guarded("log", lambda: self.run.log({"data/upsampling": table}, step=0))
-
-    def close(self) -> None:
-        if self.run is not None:
-            self._guarded("finish", self.run.finish)
-
-    def _guarded(self, what: str, call) -> None:
-        """W&B is an observer: if its service dies (SLURM signals every process of a job, and
-        wandb-core exits on SIGTERM), training, checkpoints and metrics.jsonl go on without it."""
-        try:
-            call()
-        except Exception as exc:  # wandb raises many types; none may cost a checkpoint
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("W&B %s failed (%s); W&B logging is off for the rest of this run", what, reason)
-            self.run = None
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kilobytes / 2**20 if sys.platform != "darwin" else kilobytes / 2**30
 
 
 def format_console_line(step: int, total: int, metrics: dict[str, float]) -> str:
@@ -105,9 +171,13 @@ def format_console_line(step: int, total: int, metrics: dict[str, float]) -> str
 def collapse_alarms(
     metrics: dict[str, Any], num_negatives: int, num_codes: int, past_warmup: bool
 ) -> list[str]:
-    """Known failure signatures of wav2vec 2.0 pretraining (reference spec §2.7, §6, §7.11).
+    """Known failure signatures of wav2vec 2.0 pretraining (described in docs/training.md).
 
-    Uniform logits are normal at the start, so that alarm waits until ``past_warmup``.
+    - uniform logits: the contrastive loss sits at log2(K+1) bits, chance level for K negatives;
+      normal right after the start, so it waits until ``past_warmup``;
+    - codebook collapse: few codes in use yet near-perfect accuracy (the negatives equal the
+      positive, so the task is trivial);
+    - an unused codebook: the diversity term (1 - prob_perplexity / codes) near 1.
     """
     alarms = []
     uniform = math.log2(num_negatives + 1)

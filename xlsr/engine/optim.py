@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedules (reference spec §3.1).
+"""Optimizer and learning-rate schedules (fairseq ``fairseq/optim/adam.py``, ``fairseq/optim/lr_scheduler/``).
 
 `Adam` implements both fairseq's Adam (eps added to sqrt(v) before bias correction, decoupled weight
 decay on every parameter) and torch's AdamW semantics, and can *skip* an update without a host sync:
@@ -91,8 +91,9 @@ def lr_factor(num_updates: int, cfg: OptimConfig) -> float:
         return _tri_stage(num_updates, cfg)
     warmup, total = cfg.warmup_updates, cfg.max_update
     if warmup > 0 and num_updates <= warmup:
-        # fairseq polynomial_decay: lr/W before the first update, then lr·n/W.
-        return max(num_updates, 1) / warmup
+        # fairseq polynomial_decay: lr·n/W after n updates. The scheduler's constructor sets lr/W, but
+        # fairseq's trainer calls step_update(0) right after building it, so update 1 runs at lr 0.
+        return num_updates / warmup
     if num_updates >= total:
         return cfg.end_lr / cfg.lr
     remaining = 1 - (num_updates - warmup) / (total - warmup)

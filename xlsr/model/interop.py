@@ -1,7 +1,9 @@
 """Checkpoint interoperability: Hugging Face ``Wav2Vec2ForPreTraining`` and fairseq ``Wav2Vec2Model``.
 
 Our parameter names follow fairseq's, except the conv blocks (``conv_layers.{i}.conv`` / ``.norm``) and the
-positional conv (``encoder.pos_conv.conv`` with torch parametrized weight norm). Key maps: spec §4.1, §4.2.
+positional conv (``encoder.pos_conv.conv`` with torch parametrized weight norm). The key maps follow fairseq's
+``Wav2Vec2Model`` state dict (``fairseq/models/wav2vec/wav2vec2.py``) and the ``MAPPING`` of HF's
+``convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py``; docs/model.md ("Interop") tabulates them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from xlsr.config import LossConfig, ModelConfig
+from xlsr.process import UserError
 
 _G = "parametrizations.weight.original0"  # weight-norm gain, (1, 1, k)
 _V = "parametrizations.weight.original1"  # weight-norm direction, (D, D/groups, k)
@@ -49,7 +52,7 @@ _HF_NAMES: list[tuple[str, str]] = [
     ("final_proj.{w}", "project_hid.{w}"),
 ]
 
-# (fairseq, ours); every other fairseq key of a pretrained Wav2Vec2Model already has our name (spec §4.1).
+# (fairseq, ours); every other fairseq key of a pretrained Wav2Vec2Model already has our name (docs/model.md).
 _FAIRSEQ_NAMES: list[tuple[str, str]] = [
     ("feature_extractor.conv_layers.{n}.0.{w}", "feature_extractor.conv_layers.{n}.conv.{w}"),
     ("feature_extractor.conv_layers.{n}.2.1.{w}", "feature_extractor.conv_layers.{n}.norm.{w}"),  # layer_norm
@@ -92,7 +95,7 @@ _from_fairseq = _renamer(_FAIRSEQ_NAMES)
 
 
 def hf_config_dict(cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> dict[str, Any]:
-    """``Wav2Vec2Config`` fields (config.json) for ``cfg`` (spec §4.2 config mapping)."""
+    """``Wav2Vec2Config`` fields (config.json) for ``cfg``: each fairseq model field under its HF name."""
     loss_cfg = loss_cfg or LossConfig()
     dims, kernels, strides = (list(column) for column in zip(*cfg.conv_feature_layers, strict=True))
     return {
@@ -137,7 +140,7 @@ def hf_config_dict(cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> dict
 
 
 def hf_preprocessor_config_dict(normalize: bool, extractor_mode: str) -> dict[str, Any]:
-    """preprocessor_config.json for ``Wav2Vec2FeatureExtractor`` (spec §4.2)."""
+    """preprocessor_config.json for ``Wav2Vec2FeatureExtractor`` (attention masks: layer-norm models only)."""
     return {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -335,8 +338,12 @@ def from_fairseq_state_dict(state: Mapping[str, Tensor], cfg: ModelConfig) -> di
     return ours
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """The checkpoint contains a pickled global outside the allow-list."""
+
+
+class UnreadableCheckpointError(UserError, ValueError):
+    """The file is not a checkpoint of the expected kind (garbage, text, truncated, a directory)."""
 
 
 class _PickledObject:
@@ -405,24 +412,30 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Te
     Accepts Hydra-era checkpoints (``cfg["model"]``, a dict or OmegaConf container) and 2020-era ones with an
     ``args`` Namespace. Returns our ModelConfig and state dict.
     """
+    if not Path(path).is_file():
+        raise UnreadableCheckpointError(f"{path}: not a file (expected a fairseq checkpoint .pt)")
     try:
         with torch.serialization.safe_globals(_fairseq_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle.UnpicklingError with the global's name in the text
         match = re.search(r"GLOBAL (\S+)", str(exc)) or re.search(r"unrecognized function (\S+)", str(exc))
-        if match is None and "weights_only" not in str(exc):
-            raise
-        name = match.group(1) if match else "an unknown object"
+        if match is None:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnreadableCheckpointError(
+                f"{path}: not a readable fairseq checkpoint ({first_line[:120]})"
+            ) from None
         raise UnsafeCheckpointError(
-            f"{path}: refusing to load, the checkpoint contains the pickled global {name}, which is not on "
-            "xlsr's allow-list for fairseq checkpoints. Only load files you trust; to inspect it anyway, use "
-            "torch.load(..., weights_only=False) on a trusted copy."
+            f"{path}: refusing to load, the checkpoint contains the pickled global {match.group(1)}, "
+            "which is not on xlsr's allow-list for fairseq checkpoints. Only load files you trust; to "
+            "inspect it anyway, use torch.load(..., weights_only=False) on a trusted copy."
         ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UnreadableCheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     cfg = _plain(ckpt.get("cfg"))
     if cfg is not None and _plain(cfg.get("model")) is not None:
         model_cfg = model_config_from_fairseq(_plain(cfg["model"]))
     elif ckpt.get("args") is not None:
         model_cfg = model_config_from_fairseq(ckpt["args"])
     else:
-        raise ValueError(f"{path}: no model config (neither cfg['model'] nor args)")
+        raise UnreadableCheckpointError(f"{path}: no model config (neither cfg['model'] nor args)")
     return model_cfg, from_fairseq_state_dict(ckpt["model"], model_cfg)

@@ -1,4 +1,4 @@
-"""fairseq ``Wav2vecCriterion`` on the fixed (B, T) grid (spec §2.3, §2.4, §2.7)."""
+"""fairseq ``Wav2vecCriterion`` (``fairseq/criterions/wav2vec_criterion.py``) on the fixed (B, T) grid."""
 
 from __future__ import annotations
 
@@ -43,10 +43,8 @@ def pretraining_loss(
         "loss_diversity": diversity_loss.detach(),
         "loss_feature_penalty": penalty_loss.detach(),
         "correct": correct,
-        "count": sample_size.detach(),
         "prob_perplexity": out.prob_perplexity.detach(),
         "code_perplexity": out.code_perplexity.detach(),
-        "temperature": out.temperature.detach(),
         "sample_size": sample_size.detach(),
     }
     return loss, sample_size, metrics

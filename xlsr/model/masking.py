@@ -2,7 +2,8 @@
 
 Everything works on the fixed (B, T) grid with random keys and ranks instead of per-row Python loops, so
 the training step never waits on the host (no ``.item()``, ``nonzero`` or boolean indexing). Distributions
-match fairseq's ``compute_mask_indices`` / ``sample_negatives`` (spec §2.1, §2.2); the random streams do not
+match fairseq's ``compute_mask_indices`` (``fairseq/data/data_utils.py``) and ``sample_negatives``
+(``fairseq/models/wav2vec/wav2vec2.py``); docs/model.md describes both. The random streams do not match
 (fairseq draws from numpy, and HEAD seeds from OS entropy), so parity tests inject masks and negatives.
 """
 
@@ -42,7 +43,7 @@ def compute_mask_indices(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """fairseq ``compute_mask_indices`` for mask_type="static", no_overlap=False (spec §2.1).
+    """fairseq ``compute_mask_indices`` for mask_type="static", no_overlap=False (arXiv 2006.11477 §3.1).
 
     ``padding_mask`` (B, T) is True at padded frames; alternatively pass valid ``lengths`` (B,). Returns a
     (B, T) bool mask on the device of the inputs (or ``device``, or the generator's device).
@@ -89,7 +90,8 @@ def sample_negatives(
     """K time indices per frame, drawn uniformly with replacement from the *other* masked frames of its row.
 
     fairseq draws randint(0, m - 1) over the m masked frames and adds 1 at or above the frame's own rank
-    (spec §2.2). Values at unmasked frames are valid indices but meaningless. Returns (B, T, K) long.
+    (fairseq ``Wav2Vec2Model.sample_negatives``). Values at unmasked frames are valid indices but meaningless.
+    Returns (B, T, K) long.
     """
     bsz, num_frames = mask_indices.shape
     device = mask_indices.device

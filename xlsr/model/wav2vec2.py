@@ -1,8 +1,8 @@
 """wav2vec 2.0 / XLS-R pretraining model, numerically equivalent to fairseq's ``Wav2Vec2Model``.
 
 Read top to bottom: conv feature extractor → frontend (feature penalty, LayerNorm, projection, masking) →
-Transformer encoder (positional conv + layers) → Gumbel quantizer → contrastive logits. Section numbers (§)
-refer to ../shared/reference/wav2vec2_xlsr_spec.md.
+Transformer encoder (positional conv + layers) → Gumbel quantizer → contrastive logits. Comments cite the
+wav2vec 2.0 paper (arXiv 2006.11477) by section and fairseq by file; docs/model.md lists the sources.
 
 Everything runs on the fixed (B, T) frame grid with masks carried alongside (no boolean indexing, no host
 syncs): targets and context vectors are computed for every frame and the loss weights the masked ones.
@@ -20,6 +20,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from xlsr.config import ModelConfig
 from xlsr.model.masking import compute_mask_indices, sample_negatives
+from xlsr.seeding import derive_seed
 
 
 @dataclass
@@ -32,7 +33,6 @@ class PretrainingOutput:
     features_pen: Tensor  # () fp32 mean square of the raw conv output over valid frames
     prob_perplexity: Tensor  # () noise-free softmax perplexity over masked frames (diversity loss)
     code_perplexity: Tensor  # () hard-code perplexity over masked frames
-    temperature: Tensor  # () current Gumbel temperature
     num_vars: int  # G·V, the diversity-loss normaliser
 
 
@@ -42,7 +42,7 @@ class PretrainingOutput:
 
 def init_generator(seed: int, unit: int) -> torch.Generator:
     """The CPU generator that initialises one unit (0 = everything but the layers, i + 1 = layer i)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + unit)
+    return torch.Generator().manual_seed(derive_seed(seed, "init", unit))
 
 
 def default_init(module: nn.Linear | nn.Conv1d, generator: torch.Generator | None) -> None:
@@ -55,7 +55,7 @@ def default_init(module: nn.Linear | nn.Conv1d, generator: torch.Generator | Non
 
 
 class GradMultiply(torch.autograd.Function):
-    """Identity forward, gradient scaled by ``scale`` (fairseq feature_grad_mult, spec §2.5)."""
+    """Identity forward, gradient scaled by ``scale`` (fairseq ``fairseq/modules/grad_multiply.py``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: float) -> Tensor:
@@ -98,7 +98,7 @@ def masked_group_norm(x: Tensor, norm: nn.GroupNorm, valid: Tensor | None) -> Te
 
 
 # --------------------------------------------------------------------------------------------------
-# Convolutional feature extractor (§1.1)
+# Convolutional feature extractor (fairseq ``ConvFeatureExtractionModel``; arXiv 2006.11477 §2, §4.2)
 
 
 class ConvBlock(nn.Module):
@@ -158,7 +158,7 @@ class ConvFeatureExtractor(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Transformer encoder (§1.1)
+# Transformer encoder (fairseq ``TransformerEncoder``, ``TransformerSentenceEncoderLayer``)
 
 
 class PositionalConv(nn.Module):
@@ -173,7 +173,7 @@ class PositionalConv(nn.Module):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         # Initialise the effective weight, then derive g and v from it, as fairseq does (init *before* weight
-        # norm; HF's order loses the init, spec §4.2 / §7.2).
+        # norm; HF's ``_init_weights`` runs after weight norm and loses it: docs/model.md, difference 10).
         params = self.conv.parametrizations.weight
         g, v = params.original0, params.original1
         kernel, dim = self.conv.kernel_size[0], self.conv.in_channels
@@ -227,7 +227,8 @@ class TransformerLayer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        # init_bert_params (§1.1 "Init"): Linear N(0, 0.02), zero bias; LayerNorms 1 / 0.
+        # fairseq ``init_bert_params`` (fairseq/modules/transformer_sentence_encoder.py): Linear N(0, 0.02),
+        # zero bias; LayerNorms 1 / 0.
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=generator)
@@ -285,7 +286,7 @@ class TransformerEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Gumbel vector quantizer (§2.6)
+# Gumbel vector quantizer (fairseq ``fairseq/modules/gumbel_vector_quantizer.py``; arXiv 2006.11477 §2)
 
 
 def one_hot(index: Tensor, like: Tensor) -> Tensor:
@@ -311,20 +312,15 @@ class GumbelVectorQuantizer(nn.Module):
         self.curr_temp = self.max_temp
         self.vars = nn.Parameter(torch.empty(1, groups * num_vars, vq_dim // groups))
         self.weight_proj = nn.Linear(in_dim, groups * num_vars)
-        # Reported temperature as a device tensor, so logging it never syncs.
-        self.register_buffer("temperature", torch.tensor(self.max_temp), persistent=False)
-        self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         nn.init.uniform_(self.vars, generator=generator)
         nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0, generator=generator)
         nn.init.zeros_(self.weight_proj.bias)
-        self.temperature.fill_(self.curr_temp)
 
     def set_num_updates(self, num_updates: int) -> None:
         self.curr_temp = max(self.max_temp * self.temp_decay**num_updates, self.min_temp)
-        self.temperature.fill_(self.curr_temp)
 
     def forward(
         self, x: Tensor, frame_weights: Tensor, generator: torch.Generator | None = None
@@ -362,7 +358,7 @@ class GumbelVectorQuantizer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Contrastive logits (§2.3)
+# Contrastive logits (fairseq ``Wav2Vec2Model.compute_preds``; arXiv 2006.11477 §3.2)
 
 
 def contrastive_logits(
@@ -451,7 +447,7 @@ class Wav2Vec2Model(nn.Module):
         return lengths_to_padding_mask(lengths, num_frames)
 
     def extract_features(self, source: Tensor, padding_mask: Tensor | None) -> Tensor:
-        """Raw conv features (B, C, T), with GradMultiply / no_grad per feature_grad_mult (§2.5)."""
+        """Raw conv features (B, C, T), with GradMultiply / no_grad per feature_grad_mult, as fairseq."""
         lengths = None if padding_mask is None else padding_mask.shape[1] - padding_mask.long().sum(-1)
         mult = self.cfg.feature_grad_mult
         if mult == 0:
@@ -463,7 +459,10 @@ class Wav2Vec2Model(nn.Module):
     def frontend(
         self, source: Tensor, padding_mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Spec §1.1 "Frontend" 1–6: x (B,T,D), unmasked features (B,T,C), features_pen, frame padding."""
+        """fairseq ``Wav2Vec2Model.forward`` up to masking.
+
+        Returns x (B, T, D), unmasked features (B, T, C), features_pen and the frame padding mask.
+        """
         features = self.extract_features(source, padding_mask)
         frame_padding = self.frame_padding_mask(padding_mask, features.shape[-1])
         squares = features.float().square()
@@ -530,6 +529,5 @@ class Wav2Vec2Model(nn.Module):
             features_pen=features_pen,
             prob_perplexity=prob_ppl,
             code_perplexity=code_ppl,
-            temperature=self.quantizer.temperature,
             num_vars=cfg.latent_vars * cfg.latent_groups,
         )

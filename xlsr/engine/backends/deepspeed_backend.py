@@ -23,10 +23,11 @@ import torch.distributed as dist
 from torch import nn
 
 from xlsr.config import TrainConfig
-from xlsr.engine.backends import any_rank
-from xlsr.engine.distributed import DistEnv
+from xlsr.engine.backends.base import Weights, load_initial_weights
+from xlsr.engine.distributed import DistEnv, any_rank
 from xlsr.engine.optim import build_optimizer, build_scheduler
 from xlsr.engine.parallel import PRECISION_DTYPES, apply_activation_checkpointing
+from xlsr.model.wav2vec2 import Wav2Vec2Model
 
 UNIVERSAL_DIR = "universal"
 
@@ -61,9 +62,18 @@ class _CastInputs(nn.Module):
 
 
 class DeepSpeedBackend:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, env: DistEnv, resume_world_size: int | None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        resume_world_size: int | None,
+        initial_weights: Weights | None = None,
+    ):
         self.cfg, self.env = cfg, env
         self.universal = resume_world_size is not None and resume_world_size != env.world_size
+        model = self.model = Wav2Vec2Model(cfg.model, init_seed=cfg.seed).to(env.device)
+        if initial_weights is not None:  # before ZeRO partitions the parameters
+            load_initial_weights(model, initial_weights, cfg.checkpoint.init_from, full_state_dict=False)
         apply_activation_checkpointing(model, cfg.distributed)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
         scheduler = build_scheduler(self.optimizer, cfg.optim)
@@ -81,6 +91,9 @@ class DeepSpeedBackend:
 
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the engine knows the accumulation boundary itself
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the engine holds the parameters in the training precision
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

@@ -1,13 +1,5 @@
-"""Update backends: how micro-batch losses become parameter updates, and how that state is saved.
-
-- `TorchBackend`: DDP or FSDP2 (applied by `xlsr.engine.parallel`), xlsr's Adam and LR schedule,
-  a device-side fp16 loss scaler, and DCP checkpoints (reshardable to any world size).
-- `DeepSpeedBackend` (`xlsr.engine.deepspeed_backend`): ZeRO stages 1-3 with DeepSpeed's own
-  partitioning, reduction, loss scaling and checkpoint format.
-
-The trainer sees only the methods below. Both skip a non-finite update on the device: the
-optimizer's ``pending_skip`` flag is set before the step and the parameters stay untouched.
-"""
+"""DDP or FSDP2 (applied by `xlsr.engine.parallel`), xlsr's Adam and LR schedule, a device-side fp16
+loss scaler, and DCP checkpoints (reshardable to any world size)."""
 
 from __future__ import annotations
 
@@ -15,66 +7,37 @@ import contextlib
 import datetime
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from xlsr.config import TrainConfig
-from xlsr.engine.distributed import DistEnv
+from xlsr.engine.backends.base import Weights, load_initial_weights
+from xlsr.engine.distributed import DistEnv, any_rank
 from xlsr.engine.optim import build_optimizer, build_scheduler
-from xlsr.engine.parallel import parallelize
-
-
-class Backend(Protocol):
-    module: nn.Module  # what the trainer calls for the forward pass
-
-    # Multiplies each micro-batch loss before backward (loss scale; accumulation correction).
-    def loss_multiplier(self) -> torch.Tensor | float: ...
-
-    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
-
-    def backward(self, loss: torch.Tensor) -> None: ...
-
-    def update(self, loss_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the accumulated gradient; returns (skipped flag, gradient norm) as device tensors."""
-        ...
-
-    def lr(self) -> float: ...
-
-    def loss_scale(self) -> float: ...
-
-    def save(self, directory: Path, asynchronous: bool) -> Future | None:
-        """Write model and optimizer state; an asynchronous save returns the future to wait on."""
-        ...
-
-    def load(self, directory: Path) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:
-    """True on every rank if ``flag`` is true on any rank (stays on the device)."""
-    if world_size == 1:
-        return flag
-    value = flag.float()
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value > 0
+from xlsr.engine.parallel import PRECISION_DTYPES, parallelize
+from xlsr.engine.safe_load import SafeLoadPlanner, SafeReader
+from xlsr.model.wav2vec2 import Wav2Vec2Model
 
 
 class TorchBackend:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, env: DistEnv):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, initial_weights: Weights | None = None):
         self.cfg, self.env = cfg, env
+        if cfg.distributed.backend == "fsdp":  # sharded first, then initialised shard by shard
+            with torch.device("meta"):
+                self.model = Wav2Vec2Model(cfg.model)
+        else:  # identical initial weights on every rank: the init depends on the seed alone
+            self.model = Wav2Vec2Model(cfg.model, init_seed=cfg.seed).to(env.device)
         frozen_encoder = cfg.model.feature_grad_mult == 0
         self.module = parallelize(
-            model, cfg.distributed, env,
+            self.model, cfg.distributed, env,
             find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder, init_seed=cfg.seed,
         )  # fmt: skip
+        if initial_weights is not None:
+            load_initial_weights(self.module, initial_weights, cfg.checkpoint.init_from, full_state_dict=True)
         self.optimizer = build_optimizer(self.module.parameters(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.fp16 = cfg.distributed.precision == "fp16"
@@ -92,6 +55,12 @@ class TorchBackend:
 
     def loss_multiplier(self) -> torch.Tensor:
         return self.scale
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.cfg.distributed.precision
+        if precision == "fp32" or self.cfg.distributed.backend != "ddp":
+            return contextlib.nullcontext()  # FSDP's mixed-precision policy casts the parameters itself
+        return torch.autocast(self.env.device.type, dtype=PRECISION_DTYPES[precision])
 
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         if last or not hasattr(self.module, "no_sync"):
@@ -148,7 +117,8 @@ class TorchBackend:
     def load(self, directory: Path) -> None:
         model_state, optim_state = get_state_dict(self.module, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, checkpoint_id=str(directory))  # reshards to this world size
+        # Reshards to this world size; the metadata is read without executing code from it.
+        dcp.load(state, storage_reader=SafeReader(directory), planner=SafeLoadPlanner())
         set_state_dict(
             self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
@@ -164,12 +134,3 @@ class TorchBackend:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scale.copy_(state["loss_scale"])
         self.scale_growth.copy_(state["scale_growth"])
-
-
-def build_backend(model: nn.Module, cfg: TrainConfig, env: DistEnv, resume_world_size: int | None) -> Backend:
-    """The backend named by ``distributed.backend``; ``resume_world_size`` is that of the checkpoint."""
-    if cfg.distributed.backend == "deepspeed":
-        from xlsr.engine.deepspeed_backend import DeepSpeedBackend
-
-        return DeepSpeedBackend(model, cfg, env, resume_world_size)
-    return TorchBackend(model, cfg, env)

@@ -1,0 +1,60 @@
+"""What every update backend offers the trainer, and the helpers they share."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+from xlsr.model.wav2vec2 import Wav2Vec2Model
+
+# A state dict of full (unsharded) model weights, as `xlsr.pretrained.load_model_weights` returns.
+Weights = dict[str, torch.Tensor]
+
+
+class Backend(Protocol):
+    model: Wav2Vec2Model  # the plain model (schedules, frame geometry); same parameters as ``module``
+    module: nn.Module  # what the trainer calls for the forward pass
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    # Multiplies each micro-batch loss before backward (loss scale; accumulation correction).
+    def loss_multiplier(self) -> torch.Tensor | float: ...
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def update(self, loss_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the accumulated gradient; returns (skipped flag, gradient norm) as device tensors."""
+        ...
+
+    def lr(self) -> float: ...
+
+    def loss_scale(self) -> float: ...
+
+    def save(self, directory: Path, asynchronous: bool) -> Future | None:
+        """Write model and optimizer state; an asynchronous save returns the future to wait on."""
+        ...
+
+    def load(self, directory: Path) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def load_initial_weights(module: nn.Module, weights: Weights, source: str, full_state_dict: bool) -> None:
+    """Load ``checkpoint.init_from`` weights; a model that does not fit is a user error naming the file."""
+    try:
+        if full_state_dict:  # DDP or FSDP2: each rank keeps its shard of the full state
+            set_model_state_dict(module, weights, options=StateDictOptions(full_state_dict=True))
+        else:
+            module.load_state_dict(weights)
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"checkpoint.init_from={source} does not fit the configured model: {exc}") from None

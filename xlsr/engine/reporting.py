@@ -1,0 +1,219 @@
+"""Where metrics go, on rank 0 only: the console (with a progress bar), ``metrics.jsonl``,
+``summary.json`` and Weights & Biases.
+
+``metrics.jsonl`` is the run's history across resumes: one line per logging interval, each update
+in it once (a resume drops the lines past the update it resumes from, which are trained again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from xlsr.config import TrainConfig, to_dict
+from xlsr.engine.metrics import collapse_alarms, format_console_line
+from xlsr.fileio import atomic_write_text
+
+log = logging.getLogger("xlsr.train")
+
+HISTORY_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+WANDB_ID_NAME = "wandb_run_id"
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" or "preempted"
+    step: int
+    checkpoint: Path | None = None
+    wandb_dir: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        from xlsr.process import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE if self.status == "preempted" else 0
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A run id that survives requeues: env override, else the one stored in the run directory."""
+    if os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    path = run_dir / WANDB_ID_NAME
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = f"{run_dir.name}-{secrets.token_hex(4)}"
+    atomic_write_text(path, run_id)
+    return run_id
+
+
+class WandbLogger:
+    """A W&B run (online, offline or none). W&B is an observer: if it fails, training goes on."""
+
+    def __init__(self, cfg: TrainConfig, run_id: str | None):
+        self.run = None
+        if cfg.logging.wandb_mode == "disabled" or not run_id:
+            return
+        import wandb
+
+        self.run = wandb.init(
+            project=cfg.logging.wandb_project,
+            entity=cfg.logging.wandb_entity,
+            name=cfg.logging.run_name or Path(cfg.run_dir).name,
+            id=run_id,
+            resume="allow",
+            dir=cfg.run_dir,
+            mode=cfg.logging.wandb_mode,
+            config=to_dict(cfg),
+        )
+
+    @property
+    def directory(self) -> str | None:
+        """The run's directory (what `wandb sync` takes), not its ``files/`` subfolder."""
+        return str(Path(self.run.dir).parent) if self.run is not None else None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self._guarded("log", lambda: self.run.log(values, step=step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self.log(step, {key: wandb.Table(columns=columns, data=rows)})
+
+    def close(self) -> None:
+        if self.run is not None:
+            self._guarded("finish", self.run.finish)
+
+    def _guarded(self, what: str, call: Callable[[], Any]) -> None:
+        """SLURM signals every process of a job and wandb-core exits on SIGTERM: a dead W&B service
+        must not cost the stop checkpoint, so its errors turn W&B off for the rest of the run."""
+        try:
+            call()
+        except Exception as exc:  # wandb raises many types; none may cost a checkpoint
+            log.warning("W&B %s failed (%s: %s); W&B logging is off for the rest of this run",
+                        what, type(exc).__name__, exc)  # fmt: skip
+            self.run = None
+
+
+class RunHistory:
+    """``metrics.jsonl`` and ``summary.json`` of a run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / HISTORY_NAME
+        self.summary_path = run_dir / SUMMARY_NAME
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The logged lines; a torn or blank line (disk full, a kill mid-write) is dropped, with a warning."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                records.append(record if isinstance(record, dict) and "step" in record else None)
+            except json.JSONDecodeError:
+                records.append(None)
+            if records[-1] is None:
+                log.warning("%s:%d is damaged (%r); the line is dropped", self.path, number, line[:80])
+                records.pop()
+        return records
+
+    def keep_until(self, step: int) -> None:
+        """Drop lines past ``step`` (and damaged ones), so a resumed run logs each update once."""
+        if not self.path.is_file():
+            return
+        raw = self.path.read_text(errors="replace").splitlines()
+        kept = [record for record in self.lines() if record["step"] <= step]
+        if len(kept) < len(raw):
+            log.warning("%s: dropped %d line(s) after update %d (retrained)", self.path.name,
+                        len(raw) - len(kept), step)  # fmt: skip
+            atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+
+    def append(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as history:
+            history.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def write_summary(self, result: TrainResult) -> None:
+        """First and last logged metrics of the whole run (across resumes), and where things are."""
+        lines = self.lines()
+        if not lines:
+            return
+        summary = {
+            "status": result.status,
+            "step": result.step,
+            "first": lines[0],
+            "last": lines[-1],
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "wandb_dir": result.wandb_dir,
+        }
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+
+
+class Reporter:
+    """Everything the trainer shows or records; a silent no-op on ranks other than 0."""
+
+    def __init__(self, cfg: TrainConfig, is_main: bool, first_step: int, run_id: str | None):
+        self.cfg, self.enabled = cfg, is_main
+        self.history = RunHistory(Path(cfg.run_dir))
+        self.wandb = WandbLogger(cfg, run_id) if is_main else None
+        self.progress = tqdm(
+            total=cfg.last_update,
+            initial=first_step,
+            disable=not (is_main and cfg.logging.progress) or None,
+            desc="pretraining",
+            unit="upd",
+            dynamic_ncols=True,
+        )
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return self.wandb.directory if self.wandb else None
+
+    def data_mixture(self, table: str, hours: dict, probs: dict) -> None:
+        if not self.enabled:
+            return
+        print("Upsampled data mixture (hours, natural share, sampled share):\n" + table)
+        rows = [[c, lang, hours[(c, lang)], probs[(c, lang)]] for (c, lang) in sorted(hours)]
+        self.wandb.log_table(
+            "data/upsampling", ["corpus", "language", "hours", "sampling_probability"], rows, 0
+        )
+
+    def update_done(self) -> None:
+        self.progress.update(1)
+
+    def interval(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.progress.write(format_console_line(step, self.cfg.last_update, metrics))
+        self.history.append(step, metrics)
+        self.wandb.log(step, {f"train/{k}": v for k, v in metrics.items()})
+        model = self.cfg.model
+        # Uniform logits are normal for a while after warmup; "stuck" means still there at 4x warmup.
+        past_warmup = step >= 4 * max(self.cfg.optim.warmup_updates, 1)
+        codes = model.latent_groups * model.latent_vars
+        for alarm in collapse_alarms(metrics, model.num_negatives, codes, past_warmup):
+            self.progress.write(f"WARNING collapse alarm: {alarm}")
+            self.wandb.log(step, {"alarms/collapse": alarm})
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.progress.write(text)
+
+    def close(self, result: TrainResult | None) -> None:
+        self.progress.close()
+        if not self.enabled:
+            return
+        self.wandb.close()
+        if result is not None:
+            self.history.write_summary(result)
