@@ -16,7 +16,7 @@ from typing import Any
 from sharding.hours import format_hours_table, plot_hours, stream_hours
 from sharding.manifest import SourceRecord, load_records
 from sharding.writer import SKIPPED_NAME, ShardWriterConfig, read_skipped, write_shards
-from xlsr.data.shard_format import INDEX_NAME, read_index
+from xlsr.data.shard_format import INDEX_NAME, escape_path, read_index
 from xlsr.data.upsampling import upsampling_probabilities
 from xlsr.process import UserError
 
@@ -105,7 +105,7 @@ class ShardResult:
         return self.job.out_dir / INDEX_NAME
 
     def sources_line(self) -> str:
-        return f"{self.source_files} source files from {self.job.input} (layout {self.layout})"
+        return f"{self.source_files} source files from {escape_path(self.job.input)} (layout {self.layout})"
 
     def summary(self) -> str:
         """The report `xlsr shard` prints: totals, hours table, skipped files; or the task's share."""
@@ -118,7 +118,8 @@ class ShardResult:
                 "--num-tasks)"
             )
         assert self.index is not None
-        return "\n".join([*self._totals_lines(), *self._skipped_lines(), f"index: {self.index_path}"])
+        index = escape_path(self.index_path)
+        return "\n".join([*self._totals_lines(), *self._skipped_lines(), f"index: {index}"])
 
     def _totals_lines(self) -> list[str]:
         index, job = self.index, self.job
@@ -137,7 +138,9 @@ class ShardResult:
         skipped = self.index["skipped"]
         reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped["by_reason"].items())
         suffix = f" ({reasons})" if reasons else ""
-        lines = [f"skipped {skipped['count']} files{suffix} -> {self.job.out_dir / SKIPPED_NAME}"]
+        tsv = escape_path(self.job.out_dir / SKIPPED_NAME)
+        lines = [f"skipped {skipped['count']} files{suffix} -> {tsv}"]
+        # The rows are escaped as in skipped.tsv, so any file name prints, and prints as listed there.
         lines += [f"  {row['path']}\t{row['reason']}" for row in self.skipped[:MAX_LISTED_SKIPS]]
         if len(self.skipped) > MAX_LISTED_SKIPS:
             lines.append("  ...")
@@ -147,7 +150,25 @@ class ShardResult:
 def check_input(job: ShardJob) -> None:
     """Raise `ShardError` unless the job's input exists (also worth checking before queueing a job)."""
     if not job.input.exists():
-        raise ShardError(f"input not found: {job.input}")
+        raise ShardError(f"input not found: {escape_path(job.input)}")
+
+
+def check_output_dir(job: ShardJob) -> None:
+    """Raise `ShardError` unless the output directory exists or can be created, and is writable.
+
+    Checked before the (possibly long) planning, without creating anything: the nearest existing
+    ancestor must be a directory this user may write to.
+    """
+    out_dir = job.out_dir.absolute()
+    existing = next(p for p in (out_dir, *out_dir.parents) if os.path.lexists(p))
+    if existing == out_dir:
+        problem = f"output directory {escape_path(job.out_dir)}"
+    else:
+        problem = f"cannot create output directory {escape_path(job.out_dir)}: {escape_path(existing)}"
+    if not existing.is_dir():
+        raise ShardError(f"{problem} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ShardError(f"{problem} is not writable")
 
 
 def load_job_records(job: ShardJob) -> list[SourceRecord]:
@@ -159,13 +180,15 @@ def load_job_records(job: ShardJob) -> list[SourceRecord]:
     except (OSError, ValueError) as exc:
         raise ShardError(str(exc)) from None
     if not records:
-        raise ShardError(f"no audio files found in {job.input} with --layout {layout}")
+        raise ShardError(f"no audio files found in {escape_path(job.input)} with --layout {layout}")
     return records
 
 
 def shard(job: ShardJob) -> ShardResult:
     """Write the job's shards (its share of them, for one task of a split run) and, for a whole run,
     the index and skipped.tsv. Resumable: a rerun skips finished shards."""
+    check_input(job)
+    check_output_dir(job)
     records = load_job_records(job)
     written = write_shards(records, job.writer_config(), job.task_index, job.num_tasks, job.progress)
     base = {"job": job, "layout": job.resolved_layout(), "source_files": len(records)}
@@ -212,5 +235,17 @@ def stats(
         raise ShardError(str(exc)) from None
     written = None
     if plot is not None and index.shards:
-        written = plot_hours(index.data, plot, language_alpha, corpus_alpha)
+        try:
+            written = plot_hours(index.data, plot, language_alpha, corpus_alpha)
+        except OSError as exc:  # name the plot, not the temporary file next to it
+            raise ShardError(f"cannot write the plot {escape_path(plot)}: {_os_reason(exc, plot)}") from None
     return StatsResult(index.path, index.data, hours, probabilities, table, written)
+
+
+def _os_reason(exc: OSError, path: str | os.PathLike) -> str:
+    """The OS error, with the file it concerns unless that is `path` or its temporary sibling."""
+    reason = exc.strerror or str(exc)
+    culprit = exc.filename
+    if culprit is not None and os.path.dirname(os.fspath(culprit)) != os.path.dirname(os.fspath(path)):
+        reason += f": {escape_path(culprit)}"
+    return reason

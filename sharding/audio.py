@@ -43,10 +43,13 @@ def decode_file(
     path: str | os.PathLike, target_sr: int = 16000, min_seconds: float = 0.25, drop_silent: bool = False
 ) -> DecodedAudio:
     """Read, downmix, resample and validate `path`; raise `AudioError` for unusable audio."""
+    name = os_path(path)
     try:
-        data, source_sr = sf.read(path, dtype="float32", always_2d=True)
+        data, source_sr = sf.read(name, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types for broken or unsupported files
-        raise AudioError("unreadable", f"{path}: {type(exc).__name__}: {exc}") from None
+        # LibsndfileError's `error_string` is the reason without the (repr of the) file name.
+        reason = getattr(exc, "error_string", None) or exc
+        raise AudioError("unreadable", f"{path}: {type(exc).__name__}: {reason}") from None
     frames, channels = data.shape
     if frames == 0:
         raise AudioError("empty", f"{path}: no audio frames")
@@ -62,6 +65,15 @@ def decode_file(
     if drop_silent and float(np.abs(samples).max()) < SILENCE_PEAK:
         raise AudioError("silent", f"{path}: peak amplitude below {SILENCE_PEAK}")
     return DecodedAudio(np.ascontiguousarray(samples), target_sr, int(source_sr), int(channels))
+
+
+def os_path(path: str | os.PathLike) -> bytes:
+    """The name's bytes as the OS sees them. soundfile encodes a `str` name strictly as UTF-8, so a name
+    that is not UTF-8 (kept by Python as surrogate escapes) is handed to it as bytes."""
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError:  # not a name any file can have (a lone surrogate from a manifest)
+        raise AudioError("unreadable", f"{path}: not a valid file name") from None
 
 
 def resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:

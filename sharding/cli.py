@@ -11,6 +11,7 @@ a `ShardJob`, calls `sharding.api`, prints, and turns errors into exit codes (2 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sharding.api import ShardError, ShardJob, shard, stats
 from sharding.manifest import LAYOUTS
-from xlsr.data.shard_format import AUDIO_FORMATS, INDEX_NAME, ShardIndexError, index_file
+from xlsr.data.shard_format import AUDIO_FORMATS, INDEX_NAME, ShardIndexError, escape_path, index_file
 from xlsr.process import USER_ERROR_EXIT_CODE
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -117,25 +118,34 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--corpus-alpha", type=float, default=0.5, help="corpus upsampling alpha (default 0.5)"
     )
-    parser.add_argument("--plot", type=Path, help="bar chart path (default: hours.png next to the index)")
+    parser.add_argument(
+        "--plot", type=Path, help="bar chart path (default: hours.png next to the index, if writable)"
+    )
     return parser
 
 
 def run_stats(args: argparse.Namespace) -> int:
     """Print the hours table and write the before/after bar chart. Returns an exit code."""
-    plot = args.plot or index_file(args.index).parent / "hours.png"
+    plot = args.plot
+    directory = index_file(args.index).parent
+    # A colleague's shard set is often read-only: then the default plot is left out, not an error.
+    if plot is None and os.access(directory, os.W_OK | os.X_OK):
+        plot = directory / "hours.png"
     try:
         result = stats(args.index, args.alpha, args.corpus_alpha, plot=plot)
     except (ShardError, ShardIndexError, OSError) as exc:
         return _error(str(exc))
     print(result.table)
     if result.plot is not None:
-        print(f"plot: {result.plot}")
+        print(f"plot: {escape_path(result.plot)}")
+    elif plot is None:
+        print(f"(no plot: {escape_path(directory)} is not writable; pass --plot PATH)")
     return 0
 
 
 def _error(message: str, code: int = USER_ERROR_EXIT_CODE) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """One line on stderr (no traceback) and the exit code."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
     return code
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from xlsr.data.shard_format import escape_path
+
 # Suffixes (lower case) of the source audio files that the directory scan and importers pick up.
 # libsndfile >= 1.0.29 decodes Ogg Opus, and the soundfile wheels ship 1.2.x, so MLS's opus release
 # is imported too.
@@ -42,9 +44,9 @@ class SourceRecord:
 def check_name(value: str, what: str, where: str = "") -> str:
     """Return `value` if it is usable as a corpus or language name, else raise a ValueError."""
     if not _NAME_RE.match(value):
-        prefix = f"{where}: " if where else ""
+        prefix = f"{escape_path(where)}: " if where else ""
         raise ValueError(
-            f"{prefix}bad {what} {value!r}: use letters, digits, '_' and '-' only "
+            f"{prefix}bad {what} '{escape_path(value)}': use letters, digits, '_' and '-' only "
             "(it becomes a directory name and part of each sample key)"
         )
     return value
@@ -84,9 +86,18 @@ def read_manifest(path: str | os.PathLike, default_corpus: str = "corpus") -> li
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     rows = _jsonl_rows(path, text) if text.lstrip().startswith("{") else _tsv_rows(path, text)
     return [_record_from_row(path, line_no, row, default_corpus) for line_no, row in rows]
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
 
 
 def _tsv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
@@ -221,18 +232,22 @@ def _common_voice_durations(table: Path) -> dict[str, float]:
 
 def _read_tsv_dicts(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a header-first TSV. Quotes are data (Common Voice sentences contain them)."""
+    line_no = 1
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            return
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise ValueError(f"{path}:1: header has no column(s) {', '.join(missing)}")
-        for line_no, values in enumerate(reader, start=2):
-            if values:
-                # Short rows happen in Common Voice (empty trailing fields); missing fields read as absent.
-                yield line_no, dict(zip(header, values, strict=False))
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise ValueError(f"{path}:1: header has no column(s) {', '.join(missing)}")
+            for line_no, values in enumerate(reader, start=2):
+                if values:
+                    # Short rows happen in Common Voice (empty trailing fields): missing fields are absent.
+                    yield line_no, dict(zip(header, values, strict=False))
+        except UnicodeDecodeError:  # line_no: the last row read whole, so the bad byte is just after it
+            raise ValueError(f"{path}: not UTF-8 text (after line {line_no})") from None
 
 
 def import_mls(root: str | os.PathLike, corpus: str = "mls") -> list[SourceRecord]:

@@ -18,6 +18,11 @@ Design, in the order things happen:
 Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16) and `<key>.json`
 (`xlsr.data.shard_format`). Tars are byte-identical across runs: fixed member order, mtime 0,
 deterministic FLAC encoding.
+
+Any file name the OS allows works: files are opened by their OS-level bytes, keys are ASCII (a hash of
+those bytes), and names written as text (skipped.tsv, sidecars, the `source` field) go through
+`escape_path`, which `unescape_path` reverses exactly. Every output is created with the user's umask
+and fsynced before the rename that publishes it, and its directory after.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -41,13 +47,14 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from sharding.audio import AudioError, DecodedAudio, decode_file
+from sharding.audio import AudioError, DecodedAudio, decode_file, os_path
 from sharding.manifest import SourceRecord, check_name
 from xlsr.data.shard_format import (
     AUDIO_FORMATS,
     AUDIO_MEMBER_EXTENSION,
     INDEX_VERSION,
     META_MEMBER_EXTENSION,
+    escape_path,
     make_index,
     shard_entry,
     write_index,
@@ -200,7 +207,7 @@ def header_duration(path: str) -> float:
     """Duration from the file header without decoding; 0 when the header is unreadable (the file is
     then planned anyway and skipped, with its reason, when its shard is written)."""
     try:
-        return float(sf.info(path).duration)
+        return float(sf.info(os_path(path)).duration)
     except Exception:
         return 0.0
 
@@ -225,17 +232,30 @@ def is_complete(shard: PlannedShard, cfg: ShardWriterConfig) -> bool:
     """True when a previous run finished this exact shard (same plan and output settings)."""
     paths = _ShardPaths.of(cfg.out_dir, shard.rel_path)
     sidecar = _read_json(paths.sidecar)
-    if not sidecar or sidecar.get("fingerprint") != shard.fingerprint(cfg):
+    if not sidecar or sidecar.get("fingerprint") != shard.fingerprint(cfg) or _predates_byte_names(sidecar):
         return False
     return sidecar.get("samples") == 0 or paths.tar.is_file()
+
+
+# What an escaped field never holds: a sidecar row with one of these was written unescaped.
+_RAW_TEXT = re.compile("[\t\n\r\udc80-\udcff]")
+
+
+def _predates_byte_names(sidecar: dict[str, Any]) -> bool:
+    """True for a sidecar of a writer that could not open file names that are not UTF-8: it skipped
+    them as unreadable under their raw names. Such a shard is rewritten, so those files get their chance."""
+    rows = [row for row in sidecar.get("skipped") or [] if isinstance(row, dict)]
+    return any(_RAW_TEXT.search(str(row.get("path", ""))) for row in rows)
 
 
 def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
     """Write one planned shard (tmp tar, sidecar, rename) and return its sidecar."""
     paths = _ShardPaths.of(cfg.out_dir, shard.rel_path)
-    paths.tar.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(paths.tar.parent)
     samples, audio_samples, skipped = 0, 0, []
-    with paths.tmp.open("wb") as handle:
+    # A fresh file, not one a killed task left behind: it gets this run's umask, not that file's mode.
+    paths.tmp.unlink(missing_ok=True)
+    with paths.tmp.open("xb") as handle:
         tar = _tar_writer(handle)
         for item in shard.items:
             record = item.record
@@ -268,8 +288,8 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
     }
     atomic_write_text(paths.sidecar, json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
     if samples:
-        # Published after its sidecar, under a fixed temporary name so that a rerun overwrites what a
-        # killed task left behind.
+        # Published after its sidecar (the tar's data is fsynced above), from a fixed temporary name so
+        # that a rerun replaces what a killed task left behind.
         os.replace(paths.tmp, paths.tar)
         fsync_dir(paths.tar.parent)
     else:  # nothing usable: no tar, and no stale one from an earlier plan either
@@ -285,14 +305,28 @@ def _tar_writer(handle: io.BufferedWriter) -> Any:
     return wds.TarWriter(handle, encoder=False, mtime=0, user="xlsr", group="xlsr", mode=0o444)
 
 
+def make_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents durably (each new entry's parent is fsynced)."""
+    created = []
+    for parent in (directory, *directory.parents):
+        if parent.is_dir():
+            break
+        created.append(parent)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in created:
+        fsync_dir(path.parent)
+
+
 def _skip(record: SourceRecord, reason: str, detail: str) -> dict[str, str]:
-    return {"path": record.path, "reason": reason, "detail": detail}
+    """A row of skipped.tsv, its fields already escaped (`escape_path`): one line, any file name."""
+    return {"path": escape_path(record.path), "reason": reason, "detail": escape_path(detail)}
 
 
 def sample_key(record: SourceRecord, segment: int) -> str:
-    """`<corpus>_<language>_<16 hex of sha1(path)>_<segment>`: stable, unique per file and segment,
-    dot-free (WebDataset splits member names at the first dot)."""
-    digest = hashlib.sha1(record.path.encode("utf-8")).hexdigest()[:16]
+    """`<corpus>_<language>_<16 hex of sha1(path bytes)>_<segment>`: stable, unique per file and segment,
+    ASCII whatever the file name, dot-free (WebDataset splits member names at the first dot). The
+    bytes are the name as the OS sees it: the UTF-8 of the path for every UTF-8 name."""
+    digest = hashlib.sha1(os_path(record.path)).hexdigest()[:16]
     return f"{record.corpus}_{record.language}_{digest}_{segment:04d}"
 
 
@@ -321,7 +355,7 @@ def _tar_samples(
             "key": key,
             "language": record.language,
             "corpus": record.corpus,
-            "source": record.path,
+            "source": escape_path(record.path),
             "speaker": record.speaker,
             "segment": index,
             "offset": offset / cfg.sample_rate,
@@ -376,6 +410,7 @@ def write_shards(
         check_name(record.corpus, "corpus", record.path)
         check_name(record.language, "language", record.path)
     shards = plan_shards(records, cfg)
+    make_dirs(cfg.out_dir)
     _write_plan(cfg, shards)
     mine = [s for s in shards if s.ordinal % num_tasks == task_index]
     todo = [s for s in mine if not is_complete(s, cfg)]
@@ -458,8 +493,9 @@ def build_index(out_dir: str | os.PathLike) -> dict[str, Any]:
             "by_reason": dict(sorted(Counter(r["reason"] for r in skipped).items())),
         },
     )
-    write_index(out_dir, index)
+    # The index last: it marks the set complete, so skipped.tsv is never older than it.
     atomic_write_text(out_dir / SKIPPED_NAME, _skipped_tsv(skipped))
+    write_index(out_dir, index)
     return index
 
 
@@ -481,6 +517,7 @@ def _collect_sidecars(out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, An
         paths = _ShardPaths.of(out_dir, entry["path"])
         sidecar = _read_json(paths.sidecar)
         ok = sidecar is not None and sidecar.get("fingerprint") == entry["fingerprint"]
+        ok = ok and not _predates_byte_names(sidecar)
         if ok and (sidecar["samples"] == 0 or paths.tar.is_file()):
             sidecars.append(sidecar)
         else:
@@ -524,20 +561,25 @@ def _totals(shards: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _skipped_tsv(rows: list[dict[str, str]]) -> str:
-    def clean(value: str) -> str:  # keep one row per line and one field per column
-        return " ".join(str(value).split())
+    """The sidecars' rows are escaped already, except in sidecars of older versions (a raw tab would
+    break the row): those fields are escaped here."""
+
+    def field(value: object) -> str:
+        return escape_path(str(value)) if _RAW_TEXT.search(str(value)) else str(value)
 
     lines = ["\t".join(SKIPPED_COLUMNS)]
-    lines += ["\t".join(clean(row.get(column, "")) for column in SKIPPED_COLUMNS) for row in rows]
+    lines += ["\t".join(field(row.get(column, "")) for column in SKIPPED_COLUMNS) for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def read_skipped(out_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of `OUT/skipped.tsv` as dicts (path, corpus, language, reason, detail)."""
+    """Rows of `OUT/skipped.tsv` as dicts (path, corpus, language, reason, detail), fields as written
+    (escaped: `xlsr.data.shard_format.unescape_path(row["path"])` is the file name's exact bytes)."""
     path = Path(out_dir) / SKIPPED_NAME
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # Rows end at "\n" only: str.splitlines() would also split at characters a file name may hold.
+    lines = path.read_text(encoding="utf-8").split("\n")
     header = lines[0].split("\t") if lines else []
     return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line]
 

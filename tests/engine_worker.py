@@ -68,6 +68,9 @@ class FixedBatches:
     def reseed(self, updates_done: int, reason: str) -> None:
         self.consumed = updates_done * self.update_freq
 
+    def close(self) -> None:
+        pass
+
 
 class DumpingTrainer(Trainer):
     """Saves the full (unsharded) weights right after restoring, for resharding tests."""

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from run_helpers import xlsr
+from shard_helpers import peak_frequency, read_samples, shard_config, sine, tars_of
 
 from sharding import ShardError, ShardJob, shard, stats
 from sharding.audio import AudioError, decode_file
@@ -27,8 +29,14 @@ from sharding.manifest import (
     scan_directory,
 )
 from sharding.synthetic import LANGUAGE_SECONDS, SAMPLE_RATES, generate_demo_corpus
-from sharding.writer import ShardWriterConfig, build_index, read_skipped, write_shards
-from xlsr.data.shard_format import ShardIndexError, read_index
+from sharding.writer import build_index, read_skipped, write_shards
+from xlsr.config import DataConfig
+from xlsr.data.loader import DataStream
+from xlsr.data.shard_format import (
+    ShardIndexError,
+    check_shards_exist,
+    read_index,
+)
 
 SCALE = 0.08  # about a minute of audio: enough for several shards per large stream, fast to shard
 
@@ -42,35 +50,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", seed=0, scale=SCALE)
 
 
-def shard_config(out_dir: Path, **overrides) -> ShardWriterConfig:
-    return ShardWriterConfig(out_dir=out_dir, **{"shard_size_bytes": 400_000, **overrides})
-
-
 @pytest.fixture(scope="module")
 def sharded(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("shards")
     index = write_shards(scan_directory(demo, "demo"), shard_config(out), progress=False)
     return out, index
-
-
-def tars_of(out: Path) -> list[Path]:
-    return sorted(out.glob("*/*/shard-*.tar"))
-
-
-def read_samples(out: Path) -> list[dict]:
-    import webdataset as wds
-
-    urls = [str(p) for p in tars_of(out)]
-    return list(wds.WebDataset(urls, shardshuffle=False))
-
-
-def sine(freq: float, sr: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
-    return (amplitude * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
-
-
-def peak_frequency(x: np.ndarray, sr: int) -> float:
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.fft.rfftfreq(len(x), 1 / sr)[spectrum.argmax()])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,3 +578,25 @@ def test_shard_job_checks_its_values(tmp_path: Path):
         ShardJob(tmp_path, tmp_path / "out", workers=0)
     job = ShardJob(str(tmp_path), str(tmp_path / "out"))  # paths may be given as strings
     assert job.input == tmp_path and job.out_dir == tmp_path / "out" and job.resolved_layout() == "dir"
+
+
+def test_missing_shards_are_named(sharded: tuple[Path, dict], tmp_path: Path):
+    out = tmp_path / "out"
+    shutil.copytree(sharded[0], out)
+    check_shards_exist(read_index(out))  # all there
+    tars = tars_of(out)
+    for tar in tars:
+        tar.unlink()
+    # `xlsr stats` reads only the index: fine without the tars.
+    result = xlsr("stats", str(out / "index.json"), "--plot", str(tmp_path / "h.png"))
+    assert result.returncode == 0 and "mt" in result.stdout, result.stderr
+    # The loader checks them first: one line with the first few paths and how many.
+    with pytest.raises(ShardIndexError) as info:
+        check_shards_exist(read_index(out))
+    message = str(info.value)
+    assert "\n" not in message and str(out / "index.json") in message
+    assert f"{len(tars)} of {len(tars)} shard(s) missing: " in message
+    assert all(str(tar) in message for tar in tars[:3]) and f"and {len(tars) - 3} more" in message
+    # ... before any DataLoader worker starts
+    with pytest.raises(ShardIndexError, match=f"{len(tars)} of {len(tars)} shard"):
+        DataStream(DataConfig(train=[str(out / "index.json")], num_workers=0), seed=0)

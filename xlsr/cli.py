@@ -25,10 +25,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import xlsr
+    from xlsr.process import PREEMPTED_EXIT_CODE, StopRequest
+
+    stop = StopRequest()
+    stop.install()  # before torch is even imported: a stop during start-up still exits 75
     from xlsr.config import load_config
 
-    return xlsr.train(load_config(args.config, args.overrides)).exit_code
+    cfg = load_config(args.config, args.overrides)
+    if stop.requested:
+        return PREEMPTED_EXIT_CODE
+    from xlsr.engine.run import train
+
+    return train(cfg, stop=stop).exit_code
 
 
 def cmd_launch_local(args: argparse.Namespace) -> int:
@@ -171,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = str(exc).strip()
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the worker's message
+        text = text.splitlines()[-1].partition(": ")[2] or text.splitlines()[-1]
+    return " ".join(text.split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

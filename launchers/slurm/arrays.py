@@ -76,7 +76,7 @@ class ShardTask:
 def plan_shard_array(job: ShardJob, options: ArrayOptions) -> ArrayPlan:
     """Check the request and work out both jobs. Raises LaunchError."""
     from sharding import ShardError
-    from sharding.api import check_input
+    from sharding.api import check_input, check_output_dir
 
     n = options.array
     if n < 1:
@@ -85,6 +85,7 @@ def plan_shard_array(job: ShardJob, options: ArrayOptions) -> ArrayPlan:
         raise LaunchError("--slurm sets the task split itself: drop --task-index/--num-tasks")
     try:
         check_input(job)
+        check_output_dir(job)
     except ShardError as exc:
         raise LaunchError(str(exc)) from None
     note = check_partition(options.partition, options.dry_run)

@@ -18,6 +18,7 @@ Resume semantics:
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,9 +26,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xlsr.config import DataConfig
-from xlsr.data.shard_format import ShardInfo, read_index
+from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index
 from xlsr.data.stream import Batch, SlotPipeline, StreamSpec
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
+from xlsr.process import STOP_SIGNALS
 from xlsr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,9 @@ def build_stream_specs(cfg: DataConfig) -> tuple[list[StreamSpec], dict[tuple[st
         raise ValueError("data.train is empty: list one or more index.json files written by `xlsr shard`")
     shards: dict[tuple[str, str], list[ShardInfo]] = {}
     for index_path in cfg.train:
-        for shard in read_index(index_path).shards:
+        index = read_index(index_path)
+        check_shards_exist(index)  # missing tars are named here, in one line, not in a worker's traceback
+        for shard in index.shards:
             shards.setdefault((shard.corpus, shard.language), []).append(shard)
     usable = {key: group for key, group in shards.items() if sum(s.samples for s in group) > 0}
     if not usable:
@@ -81,6 +85,14 @@ class _SlotDataset(IterableDataset):
             batch = pipeline.next_batch()
             batch.state = (logical, pipeline.state_dict())
             yield batch
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """A stop signal sent to the whole process group (``kill -- -PGID``, systemd, ``scancel`` under a
+    plain ``srun``) must reach the trainer, which saves and exits, not kill its data workers first:
+    workers ignore them and end when the trainer shuts the loader down (or exits)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class DataStream:
@@ -121,7 +133,15 @@ class DataStream:
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4,
             persistent_workers=True,
+            worker_init_fn=_ignore_stop_signals,
         )
+
+    def close(self) -> None:
+        """Stop the DataLoader workers now (they ignore stop signals, so exit must not wait on them)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def skipped(self) -> dict[str, int]:
         """Samples dropped so far on this rank, by reason (from the slots' last consumed states)."""

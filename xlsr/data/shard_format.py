@@ -5,6 +5,10 @@ is a WebDataset tar: per utterance, an audio member ``<key>.flac`` (FLAC, 16-bit
 (raw little-endian int16) and a metadata member ``<key>.json``. The index lists every shard with its
 stream (corpus, language), sample count and seconds of audio; see docs/data.md for all fields.
 
+File names are written into text (``skipped.tsv``, sidecars, the ``source`` metadata field, the printed
+summary) with ``escape_path``, a reversible escape of the OS-level bytes of the name: any name the OS
+allows, UTF-8 or not, is kept and reported losslessly (``unescape_path`` gives the exact bytes back).
+
 This module is torch-free (no webdataset, no numpy): the shard writer, ``xlsr stats`` and the loader
 all read and write the index through it.
 """
@@ -14,6 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,9 @@ AUDIO_MEMBER_EXTENSIONS = tuple(AUDIO_MEMBER_EXTENSION.values())
 META_MEMBER_EXTENSION = "json"
 # Fields of one entry of the index's "shards" list.
 SHARD_FIELDS = ("path", "corpus", "language", "samples", "seconds")
+# A missing-shards error lists this many paths, then the count.
+_LISTED_MISSING = 3
+_STAT_THREADS = 16  # existence checks are metadata round trips on network filesystems
 
 
 class ShardIndexError(UserError, ValueError):
@@ -105,7 +115,7 @@ def _shard_info(entry: object, position: int, file: Path) -> ShardInfo:
 
 def _resolve_url(path: str, base: Path) -> str:
     """Relative shard paths are relative to the index; absolute paths and URLs stay as they are."""
-    if "://" in path or path.startswith("pipe:") or os.path.isabs(path):
+    if not is_local(path) or os.path.isabs(path):
         return path
     return str(base / path)
 
@@ -138,3 +148,78 @@ def write_index(out_dir: str | os.PathLike, index: dict[str, Any]) -> Path:
     path = Path(out_dir) / INDEX_NAME
     atomic_write_text(path, json.dumps(index, indent=2) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Shard files
+
+
+def is_local(url: str) -> bool:
+    """True for a shard that is a file on this machine (not a URL or a ``pipe:`` command)."""
+    return not ("://" in url or url.startswith("pipe:"))
+
+
+def missing_shards(shards: Iterable[ShardInfo]) -> list[str]:
+    """The local shard files that do not exist, in index order (URLs and pipes are not checked)."""
+    local = [shard.url for shard in shards if is_local(shard.url)]
+    with ThreadPoolExecutor(_STAT_THREADS) as pool:
+        exists = list(pool.map(os.path.isfile, local))
+    return [url for url, found in zip(local, exists, strict=True) if not found]
+
+
+def check_shards_exist(index: ShardIndex) -> None:
+    """Raise ``ShardIndexError`` (one line: the first few missing paths and how many) unless every
+    local shard the index lists exists. The loader calls it before starting any worker."""
+    missing = missing_shards(index.shards)
+    if missing:
+        listed = ", ".join(escape_path(url) for url in missing[:_LISTED_MISSING])
+        more = f" and {len(missing) - _LISTED_MISSING} more" if len(missing) > _LISTED_MISSING else ""
+        raise ShardIndexError(
+            f"{index.path}: {len(missing)} of {len(index.shards)} shard(s) missing: {listed}{more} "
+            "(rerun the `xlsr shard` command that wrote it, or fix data.train)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# File names as text
+
+# Escaped: the backslash itself, ASCII control characters (tab and newline would break a TSV row),
+# and bytes that are not UTF-8 (``surrogateescape`` turns each into one code point U+DC80..U+DCFF).
+_NEEDS_ESCAPE = re.compile(r"[\\\x00-\x1f\x7f\udc80-\udcff]")
+_NAMED_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[\\tnr])")
+_UNESCAPED = {"\\": b"\\", "t": b"\t", "n": b"\n", "r": b"\r"}
+
+
+def escape_path(path: str | bytes | os.PathLike) -> str:
+    r"""A file name as one line of printable text that ``unescape_path`` turns back into its exact bytes.
+
+    The name's OS-level bytes (``os.fsencode``) are read as UTF-8; valid characters stay as they are,
+    ``\`` becomes ``\\``, tab/newline/CR become ``\t``/``\n``/``\r``, other control characters and
+    every byte that is not UTF-8 become ``\xHH``. So ``caf\xe9.wav`` is the Latin-1 name
+    ``b"caf\xe9.wav"``, while the UTF-8 name ``café.wav`` stays ``café.wav``.
+    """
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a str that no file name can have (a lone surrogate from a manifest)
+        raw = os.fspath(path).encode("utf-8", "surrogatepass")
+    return _NEEDS_ESCAPE.sub(_escape_char, raw.decode("utf-8", "surrogateescape"))
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match[0]
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"
+
+
+def unescape_path(text: str) -> bytes:
+    """The exact bytes of a name written by ``escape_path`` (``os.fsdecode`` makes it a ``str`` path)."""
+    out = bytearray()
+    position = 0
+    for match in _ESCAPE.finditer(text):
+        out += text[position : match.start()].encode("utf-8", "surrogateescape")
+        code = match[1]
+        out += bytes([int(code[1:], 16)]) if code[0] == "x" else _UNESCAPED[code]
+        position = match.end()
+    out += text[position:].encode("utf-8", "surrogateescape")
+    return bytes(out)

@@ -27,6 +27,7 @@ import torch
 from xlsr.config import DataConfig
 from xlsr.data.shard_format import ShardInfo
 from xlsr.data.shards import RawSample, decode_sample_into, iter_shard
+from xlsr.process import UserError
 from xlsr.seeding import derive_seed
 
 SampleRef = tuple[int, int, int, int]  # (stream, pass, unit position in that pass, offset in unit)
@@ -56,8 +57,8 @@ class Batch:
         return self
 
 
-class EmptyStreamError(RuntimeError):
-    pass
+class EmptyStreamError(UserError, RuntimeError):
+    """No unit of a stream yields a usable sample for a slot (missing, unreadable or empty shards)."""
 
 
 def plan_units(shards: tuple[ShardInfo, ...], num_slots: int) -> list[tuple[int, int, int]]:
@@ -91,6 +92,7 @@ class UnitReader:
         self.pass_, self.position, self.offset = 0, 0, 0
         self._samples: Iterator[RawSample] | None = None
         self.counters = counters  # the slot's skip counts (shared)
+        self.last_error: str | None = None  # why the last broken unit could not be read
 
     def _order(self, pass_: int) -> np.ndarray:
         # Recomputed, not checkpointed: resumed runs rely on this exact seeding of each pass's order.
@@ -109,8 +111,9 @@ class UnitReader:
                     next(self._samples, None)
             try:
                 sample = next(self._samples, None)
-            except Exception:  # a truncated or corrupt tar: count it, move on to the next unit
+            except Exception as exc:  # a truncated, corrupt or vanished tar: count it, move on
                 self.counters["broken_units"] += 1
+                self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())
                 sample = None
             if sample is not None:
                 ref = (self.stream_id, self.pass_, self.position, self.offset)
@@ -118,8 +121,14 @@ class UnitReader:
                 return ref, sample
             empty_units = 0 if self.offset else empty_units + 1
             if empty_units > len(self.units):
-                raise EmptyStreamError(f"stream {self.spec.name} has no readable samples for this slot")
+                raise EmptyStreamError(self._no_samples_message())
             self._advance_unit()
+
+    def _no_samples_message(self) -> str:
+        urls = sorted({self.spec.shards[shard].url for shard, _, _ in self.units})
+        listed = ", ".join(urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
+        last = f" (last error: {self.last_error})" if self.last_error else ""
+        return f"stream {self.spec.name} has no readable samples for this slot in {listed}{last}"
 
     def _advance_unit(self) -> None:
         self._close()

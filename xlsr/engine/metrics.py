@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+import time
 from typing import Any
 
 import torch
@@ -45,12 +46,24 @@ SUM_KEYS = (
 
 
 class IntervalMeter:
-    """Sums over one logging interval on this rank; ``reduce`` all-reduces them and starts anew."""
+    """Sums over one logging interval on this rank; ``reduce`` all-reduces them and starts anew.
+
+    A stateful part of the checkpoint: a run stopped in the middle of an interval resumes its sums
+    and clock, so the first line after a resume equals the uninterrupted run's (timings aside).
+    """
 
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
         self.sums = torch.zeros(len(SUM_KEYS), device=env.device)
         self.data_wait = 0.0
+        self._elapsed_before = 0.0  # seconds of this interval spent before the last restart
+        self._started = time.perf_counter()
+
+    def restart_clock(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
 
     def _add(self, key: str, value: torch.Tensor | float) -> None:
         # Host-side counts stay Python numbers: a new device tensor from a host value would sync.
@@ -72,8 +85,9 @@ class IntervalMeter:
         self._add("skipped", skipped.float())
         self.data_wait += data_wait
 
-    def reduce(self, step: int, elapsed: float, data_skips: dict[str, int]) -> dict[str, float]:
-        """The interval's metrics (equal on every rank); ``elapsed`` seconds of wall time."""
+    def reduce(self, step: int, data_skips: dict[str, int]) -> dict[str, float]:
+        """The interval's metrics (equal on every rank); starts the next interval."""
+        elapsed = self.elapsed()
         sums = self.sums.clone()
         dist.all_reduce(sums)
         self.sums.zero_()
@@ -90,8 +104,16 @@ class IntervalMeter:
             {f"data_skipped_{r}": n for r, n in zip(DATA_SKIP_REASONS, skips.tolist(), strict=True)}
         )
         metrics.update(hardware_metrics(self.cfg, self.env.device, metrics["audio_s_per_s"], totals))
-        self.data_wait = 0.0
+        self.data_wait, self._elapsed_before = 0.0, 0.0
+        self.restart_clock()
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.cpu(), "data_wait": self.data_wait, "elapsed": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums.copy_(state["sums"])
+        self.data_wait, self._elapsed_before = state["data_wait"], state["elapsed"]
 
 
 def interval_metrics(s: dict[str, float], cfg: TrainConfig, world: int, elapsed: float) -> dict[str, float]:

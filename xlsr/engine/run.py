@@ -50,6 +50,8 @@ def lock_run_dir(cfg: TrainConfig, env: DistEnv) -> RunDirLock | None:
             lock = RunDirLock(cfg.run_dir).acquire()
         except RunDirLockedError as exc:
             refusal = exc
+        except OSError as exc:  # e.g. run_dir is a file, or not writable
+            refusal = RunDirLockedError(f"run_dir={cfg.run_dir} is unusable: {exc.strerror}: {exc.filename}")
     if any_rank_host(refusal is not None, env):
         raise refusal or RunDirLockedError(f"{cfg.run_dir} is in use by another job (rank 0 says which)")
     return lock

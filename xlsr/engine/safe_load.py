@@ -73,7 +73,15 @@ def read_metadata(path: Path) -> Metadata:
 
 
 class SafeReader(FileSystemReader):
-    """torch's file-system reader with the metadata read through the allow-list."""
+    """torch's file-system reader with the metadata read through the allow-list.
+
+    The metadata is checked when the reader is made: DCP's loader catches any error from
+    ``read_metadata`` and goes on with none, which would hide the refusal's reason.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        read_metadata(Path(path))
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if kwargs.get("rank") is not None:

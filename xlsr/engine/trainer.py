@@ -68,6 +68,8 @@ class Trainer:
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
                 self.data.load_state_dict(rank_state["data"], updates_done=self.state.step)
+                if "meter" in rank_state:  # absent in checkpoints of older xlsr versions
+                    self.meter.load_state_dict(rank_state["meter"])
             else:
                 saved_world = read_trainer_state(path)["world_size"]
                 reason = f"checkpoint {path.name} was written by {saved_world} ranks"
@@ -87,6 +89,10 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self.restore()
+        if self._stop_agreed():  # stopped during start-up: nothing new to save
+            self.data.close()
+            self.backend.close()
+            return TrainResult(status="preempted", step=self.state.step, checkpoint=self.resume_from)
         result = TrainResult(status="finished", step=self.state.step, checkpoint=self.resume_from)
         reporter = Reporter(self.cfg, self.env.is_main, self.state.step, self.state.wandb_run_id)
         result.wandb_dir = reporter.wandb_dir
@@ -98,21 +104,19 @@ class Trainer:
         finally:
             result.step = self.state.step
             reporter.close(result)
+            self.data.close()
+            self.backend.close()
         return result
 
     def _loop(self, reporter: Reporter, result: TrainResult) -> None:
         cfg, last = self.cfg, self.cfg.last_update
-        if self._stop_agreed():  # stopped during start-up: nothing new to save
-            result.status = "preempted"
-            return
-        interval_start = time.perf_counter()
+        self.meter.restart_clock()
         while self.state.step < last:
             self._train_update()
             step = self.state.step
             reporter.update_done()
             if step % cfg.logging.interval == 0 or step == last:
-                reporter.interval(step, self._interval_metrics(time.perf_counter() - interval_start))
-                interval_start = time.perf_counter()
+                reporter.interval(step, self._interval_metrics())
             elif step % cfg.optim.max_consecutive_nonfinite == 0:
                 self.state.check_nonfinite(cfg.optim.max_consecutive_nonfinite)
             stop = self._stop_agreed()
@@ -186,8 +190,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "layerdrop", self.state.step))
         return (torch.rand(self.cfg.model.encoder_layers, generator=generator) >= p).tolist()
 
-    def _interval_metrics(self, elapsed: float) -> dict[str, float]:
-        metrics = self.meter.reduce(self.state.step, elapsed, self.data.skipped())
+    def _interval_metrics(self) -> dict[str, float]:
+        metrics = self.meter.reduce(self.state.step, self.data.skipped())
         self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
         metrics.update(
             temperature=self.model.quantizer.curr_temp,
@@ -208,7 +212,7 @@ class Trainer:
             self.state.step,
             self.backend,
             shared={"train": self.state, "backend": self.backend},
-            per_rank={"rng": self.rng, "data": self.data},
+            per_rank={"rng": self.rng, "data": self.data, "meter": self.meter},
             asynchronous=self.cfg.checkpoint.async_save and not final,
         )
 

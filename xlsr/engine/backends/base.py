@@ -48,6 +48,10 @@ class Backend(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the backend started (process groups, engines, threads): a clean exit."""
+        ...
+
 
 def load_initial_weights(module: nn.Module, weights: Weights, source: str, full_state_dict: bool) -> None:
     """Load ``checkpoint.init_from`` weights; a model that does not fit is a user error naming the file."""

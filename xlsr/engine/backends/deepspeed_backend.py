@@ -136,6 +136,11 @@ class DeepSpeedBackend:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def close(self) -> None:
+        """Tear the engine down (its ZeRO-3 hooks and partitioned buffers) while the process group
+        still exists, instead of leaving it to interpreter exit."""
+        self.engine.destroy()
+
 
 def convert_to_universal(directory: Path) -> None:
     """DeepSpeed's offline conversion that lets ZeRO state load on another world size."""

@@ -134,3 +134,8 @@ class TorchBackend:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scale.copy_(state["loss_scale"])
         self.scale_growth.copy_(state["scale_growth"])
+
+    def close(self) -> None:
+        if self.checkpoint_group is not None:
+            dist.destroy_process_group(self.checkpoint_group)
+            self.checkpoint_group = None
