@@ -17,7 +17,7 @@ import sys
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from xlsr.config import load_config
+from xlsr.config import for_world_size, load_config
 from xlsr.data.stream import Batch
 from xlsr.engine.distributed import init_distributed, shutdown
 from xlsr.engine.trainer import Trainer
@@ -107,7 +107,8 @@ def main() -> int:
     env = init_distributed(cfg.distributed.timeout_s)
     nan_at = {int(u) for u in args.nan_at.split(",") if u}
     fail_at = args.fail_at if env.rank == args.fail_rank else None
-    data = FixedBatches(args.batches, env.rank, env.world_size, cfg.optim.update_freq, nan_at, fail_at)
+    update_freq = for_world_size(cfg, env.world_size).optim.update_freq  # as the trainer derives it
+    data = FixedBatches(args.batches, env.rank, env.world_size, update_freq, nan_at, fail_at)
     DumpingTrainer.dump_path = args.dump_params
     try:
         result = DumpingTrainer(cfg, env, stop, data=data).fit()

@@ -14,6 +14,8 @@ from xlsr.config import (
     ModelConfig,
     TrainConfig,
     dump_config,
+    effective_batch_hours,
+    for_world_size,
     from_dict,
     load_config,
     save_config,
@@ -228,8 +230,45 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("name", RECIPES_BEFORE_PRESETS)
 def test_every_recipe_loads_exactly_as_before_presets(name):
     before = from_dict(TrainConfig, yaml.safe_load(RECIPES_BEFORE_PRESETS[name]), source=name)
-    assert load_config(f"configs/{name}.yaml") == before
+    loaded = load_config(f"configs/{name}.yaml")
+    # optim.batch_tokens came later; everything else is as it was
+    assert dataclasses.replace(loaded, optim=dataclasses.replace(loaded.optim, batch_tokens=0)) == before
     assert MODEL_PRESETS[name]() == before.model
+
+
+@pytest.mark.parametrize(
+    ("name", "gpus", "samples_per_gpu", "hours"),
+    [("base", 64, 1_400_000, 1.56), ("large", 128, 1_200_000, 2.67), ("xlsr_300m", 128, 1_900_000, 4.22),
+     ("xlsr_1b", 200, 1_000_000, 3.47), ("xlsr_2b", 200, 800_000, 2.78)],
+)  # fmt: skip
+def test_recipes_state_their_papers_effective_batch(name, gpus, samples_per_gpu, hours):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.optim.batch_tokens == gpus * samples_per_gpu
+    at_paper_scale = for_world_size(cfg, gpus)
+    assert at_paper_scale.optim.update_freq == 1
+    assert effective_batch_hours(at_paper_scale, gpus) == pytest.approx(hours, abs=0.005)
+    # on 8 GPUs the same recipe accumulates micro-batches to (nearly) the same batch
+    on_8 = for_world_size(cfg, 8)
+    assert on_8.optim.update_freq == round(gpus * samples_per_gpu / (8 * cfg.data.max_tokens))
+    assert effective_batch_hours(on_8, 8) == pytest.approx(hours, rel=0.05)
+
+
+def test_update_freq_derivation_rounds_to_the_nearest_and_never_below_one():
+    cfg = load_config(TINY, ["optim.batch_tokens=1000000"])  # max_tokens 160000
+    assert [for_world_size(cfg, world).optim.update_freq for world in (1, 2, 3, 4, 7, 64)] == [
+        6,
+        3,
+        2,
+        2,
+        1,
+        1,
+    ]
+    assert for_world_size(load_config(TINY), 4).optim.update_freq == 1  # off: update_freq as given
+
+
+def test_batch_tokens_and_update_freq_are_exclusive():
+    with pytest.raises(ConfigError, match=r"'optim.update_freq' must be 1 .* when optim.batch_tokens is set"):
+        load_config(TINY, ["optim.batch_tokens=1000000", "optim.update_freq=2"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -314,7 +353,9 @@ def test_saved_config_round_trips(path, tmp_path):
 def test_run_config_saved_before_presets_still_loads(tmp_path):
     cfg = load_text(tmp_path, SAVED_BEFORE_PRESETS)
     assert cfg == load_config(TINY, ["run_dir=runs/my_run", "seed=7"])
-    assert yaml.safe_load(dump_config(cfg)) == yaml.safe_load(SAVED_BEFORE_PRESETS)  # same format today
+    dumped = yaml.safe_load(dump_config(cfg))
+    assert dumped["optim"].pop("batch_tokens") == 0  # the one key added since
+    assert dumped == yaml.safe_load(SAVED_BEFORE_PRESETS)  # otherwise the same format today
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +371,7 @@ RULES = [
     ("logging.interval=0", "'logging.interval' must be >= 1, got 0"),
     ("checkpoint.interval_updates=0", "'checkpoint.interval_updates' must be >= 1, got 0"),
     ("optim.update_freq=0", "'optim.update_freq' must be >= 1, got 0"),
+    ("optim.batch_tokens=-1", "'optim.batch_tokens' must be >= 0, got -1"),
     ("data.min_sample_size=0", "'data.min_sample_size' must be > 0, got 0"),
     ("data.max_sample_size=0", "'data.max_sample_size' must be >= 1, got 0"),
     ("data.max_tokens=0", "'data.max_tokens' must be >= 1, got 0"),

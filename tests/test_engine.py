@@ -115,16 +115,21 @@ def test_two_process_backends_match_single_process(global_batches, reference, tm
 
 
 @pytest.mark.parametrize(
-    ("backend", "first", "second"),
-    [("ddp", 2, 1), ("fsdp", 1, 2), ("deepspeed", 2, 1)],
-    ids=["ddp-2to1", "fsdp-1to2", "zero2-2to1"],
-)
+    ("backend", "first", "second", "batch"),
+    [("ddp", 2, 1, "update_freq"), ("fsdp", 1, 2, "update_freq"), ("deepspeed", 2, 1, "update_freq"),
+     ("ddp", 2, 1, "batch_tokens")],
+    ids=["ddp-2to1", "fsdp-1to2", "zero2-2to1", "ddp-2to1-batch-tokens"],
+)  # fmt: skip
 def test_resume_on_another_world_size_continues_the_same_run(
-    global_batches, reference, tmp_path, backend, first, second
+    global_batches, reference, tmp_path, backend, first, second, batch
 ):
     run_dir = tmp_path / "run"
     common = (f"distributed.backend={backend}", "checkpoint.interval_updates=3")
+    # The same global batch of 2 micro-batches per update on any world size: stated per world size
+    # through update_freq, or once as batch_tokens (2 × tiny.yaml's max_tokens) and derived.
     freq = {1: "optim.update_freq=2", 2: "optim.update_freq=1"}
+    if batch == "batch_tokens":
+        freq = {1: "optim.batch_tokens=320000", 2: "optim.batch_tokens=320000"}
     result = run_job(global_batches, run_dir, first, *common, freq[first], "stop_at_update=3")
     assert result.returncode == 0, result.stderr[-3000:]
     dump = tmp_path / "restored.pt"
@@ -139,6 +144,9 @@ def test_resume_on_another_world_size_continues_the_same_run(
         assert restored.keys() == saved.keys()
         assert all(torch.equal(restored[name], tensor) for name, tensor in saved.items())
     assert_trajectories_close(losses(run_dir), reference)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shapes = [(line["world_size"], line["update_freq"]) for line in lines]
+    assert shapes == [(first, 2 // first)] * 3 + [(second, 2 // second)] * (UPDATES - 3)
 
 
 def test_non_finite_update_is_skipped_and_counted(global_batches, tmp_path):

@@ -6,6 +6,7 @@ converted into the dataclasses of :mod:`xlsr.config.schema` (a ``model.preset`` 
 :func:`xlsr.config.validation.validate`, and consumed by the components. See docs/configuration.md.
 """
 
+from xlsr.config.batch import effective_batch_hours, effective_batch_samples, for_world_size
 from xlsr.config.loading import PRESET_KEY, dump_config, from_dict, load_config, save_config, to_dict
 from xlsr.config.presets import MODEL_PRESETS
 from xlsr.config.schema import (
@@ -38,6 +39,9 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "dump_config",
+    "effective_batch_hours",
+    "effective_batch_samples",
+    "for_world_size",
     "from_dict",
     "load_config",
     "save_config",

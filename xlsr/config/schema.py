@@ -140,6 +140,10 @@ class OptimConfig:
     tri_stage_final_scale: float = 0.05
     # Micro-batches accumulated per optimizer update.
     update_freq: int = 1
+    # Audio samples per update summed over all ranks and micro-batches, padding included (fairseq's
+    # max_tokens × world size × update_freq). When set (> 0), update_freq is derived from it at
+    # start-up for the job's world size, so the effective batch survives any allocation.
+    batch_tokens: int = 0
     # Stop with an error after this many non-finite updates in a row (each one is skipped).
     max_consecutive_nonfinite: int = 10
 

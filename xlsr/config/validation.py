@@ -88,6 +88,7 @@ RANGES: dict[str, Rule] = {
     "optim.tri_stage_init_scale": within(0, 1),
     "optim.tri_stage_final_scale": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "optim.update_freq": at_least(1),
+    "optim.batch_tokens": at_least(0),
     "optim.max_consecutive_nonfinite": at_least(1),
     "distributed.activation_checkpointing_every": at_least(1),
     "distributed.timeout_s": at_least(1),
@@ -168,6 +169,9 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
         if value % divisor:
             yield _model_key_of(cfg, key), f"must be a multiple of {other} ({divisor})", value
     optim, model = cfg.optim, cfg.model
+    if optim.batch_tokens and optim.update_freq != 1:
+        requirement = "must be 1 (the default) when optim.batch_tokens is set, which derives it"
+        yield "optim.update_freq", requirement, optim.update_freq
     if not math.isclose(sum(optim.tri_stage_ratios), 1.0):
         yield "optim.tri_stage_ratios", "must add up to 1", list(optim.tri_stage_ratios)
     if not model.conv_feature_layers:

@@ -152,6 +152,8 @@ class RunHistory:
         summary = {
             "status": result.status,
             "step": result.step,
+            "world_size": lines[-1].get("world_size"),
+            "update_freq": lines[-1].get("update_freq"),
             "first": lines[0],
             "last": lines[-1],
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from xlsr.config import TrainConfig, save_config
+from xlsr.config import SAMPLE_RATE, TrainConfig, effective_batch_hours, for_world_size, save_config
 from xlsr.data.loader import DataStream
 from xlsr.data.stream import Batch
 from xlsr.engine.backends import build_backend
@@ -44,7 +44,11 @@ Prepared = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Generato
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, stop: StopRequest, data: DataStream | None = None):
+        self.recipe = cfg  # as given: what config.yaml records (update_freq may be derived below)
+        cfg = for_world_size(cfg, env.world_size)
         self.cfg, self.env, self.stop = cfg, env, stop
+        if env.is_main:
+            _log_effective_batch(cfg, env.world_size)
         self.checkpointer = Checkpointer(cfg, env)
         self.resume_from = self.checkpointer.resume_path()
         torch.manual_seed(cfg.seed)  # dropout and other draws from the global generators
@@ -97,7 +101,7 @@ class Trainer:
         reporter = Reporter(self.cfg, self.env.is_main, self.state.step, self.state.wandb_run_id)
         result.wandb_dir = reporter.wandb_dir
         if self.env.is_main:
-            save_config(self.cfg, Path(self.cfg.run_dir) / "config.yaml")
+            save_config(self.recipe, Path(self.cfg.run_dir) / "config.yaml")
         reporter.data_mixture(self.data.probability_table(), self.data.hours, self.data.hour_probs)
         try:
             self._loop(reporter, result)
@@ -198,6 +202,8 @@ class Trainer:
             lr=self.backend.lr(),
             skipped_updates_total=float(self.state.skipped_total.item()),
             loss_scale=self.backend.loss_scale(),
+            world_size=self.env.world_size,
+            update_freq=self.cfg.optim.update_freq,
         )
         return metrics
 
@@ -215,6 +221,20 @@ class Trainer:
             per_rank={"rng": self.rng, "data": self.data, "meter": self.meter},
             asynchronous=self.cfg.checkpoint.async_save and not final,
         )
+
+
+def _log_effective_batch(cfg: TrainConfig, world_size: int) -> None:
+    hours = effective_batch_hours(cfg, world_size)
+    if cfg.optim.batch_tokens:
+        target = cfg.optim.batch_tokens / SAMPLE_RATE / 3600
+        log.info(
+            "optim.batch_tokens=%d on %d rank(s): update_freq %d, effective batch %.3f h of audio per "
+            "update (target %.3f h)",
+            cfg.optim.batch_tokens, world_size, cfg.optim.update_freq, hours, target,
+        )  # fmt: skip
+    else:
+        log.info("effective batch %.3f h of audio per update (%d rank(s) × update_freq %d × max_tokens %d)",
+                 hours, world_size, cfg.optim.update_freq, cfg.data.max_tokens)  # fmt: skip
 
 
 def _init_from_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
