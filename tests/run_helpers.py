@@ -49,8 +49,10 @@ def train_args(index: Path, run_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """The run's training lines of metrics.jsonl, or its validation lines with ``kind="valid"``."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if line.get("kind") == kind]
 
 
 def training_metrics(run_dir: Path) -> list[dict]:

@@ -13,6 +13,7 @@ from xlsr.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
+    ValidationConfig,
     dump_config,
     effective_batch_hours,
     for_world_size,
@@ -354,7 +355,9 @@ def test_run_config_saved_before_presets_still_loads(tmp_path):
     cfg = load_text(tmp_path, SAVED_BEFORE_PRESETS)
     assert cfg == load_config(TINY, ["run_dir=runs/my_run", "seed=7"])
     dumped = yaml.safe_load(dump_config(cfg))
-    assert dumped["optim"].pop("batch_tokens") == 0  # the one key added since
+    # the keys added since
+    assert dumped["optim"].pop("batch_tokens") == 0 and dumped["data"].pop("valid") == []
+    assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
     assert dumped == yaml.safe_load(SAVED_BEFORE_PRESETS)  # otherwise the same format today
 
 
@@ -372,6 +375,10 @@ RULES = [
     ("checkpoint.interval_updates=0", "'checkpoint.interval_updates' must be >= 1, got 0"),
     ("optim.update_freq=0", "'optim.update_freq' must be >= 1, got 0"),
     ("optim.batch_tokens=-1", "'optim.batch_tokens' must be >= 0, got -1"),
+    ("validation.interval_updates=0", "'validation.interval_updates' must be >= 1, got 0"),
+    ("validation.max_seconds_per_language=0", "'validation.max_seconds_per_language' must be > 0, got 0"),
+    ("validation.probe_layer=-1", "'validation.probe_layer' must be >= 0, got -1"),
+    ("validation.probe_layer=3", "'validation.probe_layer' must be <= model.encoder_layers (2)"),
     ("data.min_sample_size=0", "'data.min_sample_size' must be > 0, got 0"),
     ("data.max_sample_size=0", "'data.max_sample_size' must be >= 1, got 0"),
     ("data.max_tokens=0", "'data.max_tokens' must be >= 1, got 0"),

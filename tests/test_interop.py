@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from small_models import small_config
+from small_models import fairseq_model_cfg, small_config, to_fairseq_state
 from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
 from xlsr.config import LossConfig, ModelConfig
@@ -185,39 +185,6 @@ def test_hf_config_has_expected_fields():
 
 # --------------------------------------------------------------------------------------------------
 # fairseq
-
-
-def to_fairseq_state(state: dict[str, torch.Tensor], layer_norm: bool) -> dict[str, torch.Tensor]:
-    """Our names → fairseq's ``Wav2Vec2Model`` keys, written independently of the importer under test."""
-    pos_conv = {
-        "encoder.pos_conv.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
-        "encoder.pos_conv.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
-        "encoder.pos_conv.conv.bias": "encoder.pos_conv.0.bias",
-    }
-    out = {}
-    for key, value in state.items():
-        if key in pos_conv:
-            key = pos_conv[key]
-        elif key.startswith("feature_extractor."):
-            key = key.replace(".conv.", ".0.").replace(".norm.", ".2.1." if layer_norm else ".2.")
-        out[key] = value
-    return out
-
-
-def fairseq_model_cfg(cfg: ModelConfig) -> dict:
-    layers = " + ".join(f"[({d}, {k}, {s})]" for d, k, s in cfg.conv_feature_layers)
-    model = {
-        "_name": "wav2vec2",
-        "extractor_mode": "layer_norm" if cfg.extractor_mode == "layer_norm" else "default",
-        "conv_feature_layers": layers,
-        "quantize_targets": True,
-        "latent_temp": list(cfg.latent_temp),
-        "mask_min_masks": None,
-    }
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in model and f.name not in ("mask_min_masks", "conv_feature_layers"):
-            model[f.name] = getattr(cfg, f.name)
-    return model
 
 
 @LAYOUTS

@@ -1,4 +1,4 @@
-"""The `xlsr` command: shard, stats, train, launch, export, import, demo.
+"""The `xlsr` command: shard, stats, train, launch, export, import, probe, plot, demo.
 
 These subcommands and their flags are a contract with users' scripts: extend them, never rename.
 This module only parses arguments, calls the typed entry points (`xlsr.train`, `sharding.shard`,
@@ -71,6 +71,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         Path(args.out), nproc=args.nproc, overrides=args.overrides, corpus_scale=args.corpus_scale
     )
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from xlsr.evaluation.offline import probe_checkpoint
+    from xlsr.fileio import atomic_write_text
+
+    probe = probe_checkpoint(
+        args.checkpoint, args.data, layer=args.layer, max_seconds_per_language=args.max_seconds_per_language,
+        crop_seconds=args.crop_seconds, device=args.device,
+    )  # fmt: skip
+    report = probe.as_dict()
+    accuracy, held_out, fitted = (
+        report[k] for k in ("probe_lid_accuracy", "test_utterances", "train_utterances")
+    )
+    layer = args.layer or "last"
+    print(
+        f"LID probe, layer {layer}: accuracy {accuracy:.3f} on {held_out} held-out utterances "
+        f"({fitted} to train)"
+    )
+    for language, language_accuracy in report["per_language"].items():
+        print(f"  {language:<12} {language_accuracy:.3f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from xlsr.evaluation.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out or Path(args.run_dir) / 'curves.png')}")
+    return 0
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -150,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("out", help="output .pt file for checkpoint.init_from")
     imp.add_argument("--overwrite", action="store_true", help="replace an earlier `xlsr import` file")
     imp.set_defaults(func=cmd_import)
+
+    probe = commands.add_parser("probe", help="language-ID probe on a checkpoint (ours, fairseq, HF export)")
+    probe.add_argument(
+        "checkpoint", help="step-N/ checkpoint, `xlsr import` file, HF directory or fairseq .pt"
+    )
+    probe.add_argument(
+        "--data", nargs="+", required=True, help="index.json of held-out shards (or its directory)"
+    )
+    probe.add_argument("--layer", type=int, default=0, help="transformer layer to read (1 = first; 0 = last)")
+    probe.add_argument("--max-seconds-per-language", type=float, default=300.0)
+    probe.add_argument("--crop-seconds", type=float, default=20.0, help="longer utterances are cropped")
+    probe.add_argument("--device", default="cpu")
+    probe.add_argument("--json", help="also write the result as JSON")
+    probe.set_defaults(func=cmd_probe)
+
+    plot = commands.add_parser(
+        "plot", help="loss, validation, probe, schedule and throughput curves of a run"
+    )
+    plot.add_argument("run_dir")
+    plot.add_argument("-o", "--out", help="PNG to write (default RUN_DIR/curves.png)")
+    plot.set_defaults(func=cmd_plot)
 
     demo = commands.add_parser(
         "demo", help="generate a corpus, shard it, pretrain a tiny model on 2 processes"

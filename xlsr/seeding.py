@@ -18,6 +18,7 @@ PURPOSES = {
     "layerdrop": 3,  # which transformer layers run, per update (identical on every rank)
     "data_slot": 4,  # a loader slot's sampling generator, per slot
     "data_reseed": 5,  # the data stream after a world-size change, per update reached
+    "valid": 6,  # masks and negatives of a validation utterance, per key
 }
 
 

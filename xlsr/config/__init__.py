@@ -21,6 +21,7 @@ from xlsr.config.schema import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
+    ValidationConfig,
 )
 from xlsr.config.validation import validate
 
@@ -38,6 +39,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "ValidationConfig",
     "dump_config",
     "effective_batch_hours",
     "effective_batch_samples",

@@ -103,6 +103,9 @@ class DataConfig:
 
     # index.json files written by `xlsr shard` (or directories holding one).
     train: list[str] = field(default_factory=list)
+    # Held-out index.json files (`xlsr shard --valid-seconds` writes OUT/valid/index.json); empty = no
+    # validation.
+    valid: list[str] = field(default_factory=list)
     # p ∝ (n/N)^alpha over languages within a corpus, then over corpora (XLS-R: 0.5 and 0.5).
     language_alpha: float = 0.5
     corpus_alpha: float = 0.5
@@ -196,6 +199,18 @@ class LoggingConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out loss and the language-ID probe, every ``interval_updates`` (and at update 0)."""
+
+    interval_updates: int = 5_000
+    # At most this much audio per (corpus, language) of the valid set (chosen by key, deterministic).
+    max_seconds_per_language: float = 300.0
+    # Transformer layer whose mean-pooled output the probe reads (1 = first; 0 = the last).
+    probe_layer: int = 0
+    probe: bool = True
+
+
+@dataclass
 class LauncherConfig:
     """Cluster resources for `xlsr launch slurm`."""
 
@@ -227,6 +242,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     @property

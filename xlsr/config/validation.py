@@ -97,6 +97,9 @@ RANGES: dict[str, Rule] = {
     "checkpoint.keep_every": at_least(0),
     "checkpoint.resume": NOT_EMPTY,
     "logging.interval": at_least(1),
+    "validation.interval_updates": at_least(1),
+    "validation.max_seconds_per_language": above(0),
+    "validation.probe_layer": at_least(0),
     "launcher.nodes": at_least(1),
     "launcher.gpus_per_node": at_least(0),
     "launcher.cpus_per_task": at_least(1),
@@ -174,6 +177,9 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
         yield "optim.update_freq", requirement, optim.update_freq
     if not math.isclose(sum(optim.tri_stage_ratios), 1.0):
         yield "optim.tri_stage_ratios", "must add up to 1", list(optim.tri_stage_ratios)
+    if cfg.validation.probe_layer > model.encoder_layers:
+        requirement = f"must be <= model.encoder_layers ({model.encoder_layers}); 0 means the last"
+        yield "validation.probe_layer", requirement, cfg.validation.probe_layer
     if not model.conv_feature_layers:
         yield "model.conv_feature_layers", "must list at least one conv block", []
     start, floor, decay = model.latent_temp

@@ -60,6 +60,7 @@ __all__ = [
 
 # trainer.pt before format 2 held the train state's keys at the top level.
 TRAINER_STATE_FORMAT = 2
+BEST_NAME = "best.json"
 _LEGACY_TRAIN_KEYS = ("step", "skipped_total", "wandb_run_id")
 
 
@@ -207,6 +208,16 @@ class Checkpointer:
             self._prune(step)
         dist.barrier()
 
+    def mark_best(self, step: int, valid_loss: float) -> None:
+        """Record ``step-N`` as the best checkpoint by valid loss (``best.json``); pruning keeps it."""
+        if self.env.is_main:
+            best = {"step": step, "checkpoint": step_dir_name(step), "valid_loss_contrastive": valid_loss}
+            atomic_write_text(self.root / BEST_NAME, json.dumps(best, indent=2))
+
+    def best_step(self) -> int | None:
+        best = read_json(self.root / BEST_NAME) or {}
+        return best.get("step") if isinstance(best.get("step"), int) else None
+
     def _remove_stale_temporaries(self) -> None:
         """Half-written checkpoints of this run's earlier jobs (this job holds the run's lock)."""
         for path in self.root.glob("step-*.tmp"):
@@ -232,7 +243,7 @@ class Checkpointer:
             for step, path in complete_checkpoints(self.root)
             if step <= current and path not in self._damaged and self._is_ours(path) and quick_check(path)
         ]
-        recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {current}
+        recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {current, self.best_step()}
         for step, path in ours:
             if step not in recent and not (keep_every and step % keep_every == 0):
                 shutil.rmtree(path, ignore_errors=True)

@@ -4,6 +4,9 @@
 decay on every parameter) and torch's AdamW semantics, and can *skip* an update without a host sync:
 ``step(skip=tensor)`` leaves parameters and moments untouched where ``skip`` is true, so a non-finite
 gradient never costs a device→host round trip in the hot loop.
+
+The update is multi-tensor (``torch._foreach_*``): a few kernels per bucket of parameters instead of a
+dozen per parameter, which keeps the host's share of an update small (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import Tensor
 
 from xlsr.config import OptimConfig
+
+# Integer dtypes of the same width, to zero a float tensor bit for bit (NaN and inf included).
+_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+# Elements per batch of temporaries (√v): bounds the step's extra memory at 512 MB of fp32.
+_CHUNK_ELEMENTS = 1 << 27
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2), the tensor itself otherwise: the update is elementwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 class Adam(torch.optim.Optimizer):
@@ -29,49 +43,128 @@ class Adam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fairseq_eps=fairseq_eps)
         super().__init__(params, defaults)
         # Set by a caller that cannot pass ``skip`` (DeepSpeed calls ``step()`` itself).
-        self.pending_skip: torch.Tensor | None = None
+        self.pending_skip: Tensor | None = None
+        # Host-side record of which parameters' step counters are equal: parameters with the same key
+        # share one bias correction, so a bucket of them is updated by foreach kernels with 0-dim
+        # tensor scalars. The counters themselves live on the device (a skip is decided there).
+        self._step_keys: dict[Tensor, int] = {}
+        self._last_key = 0
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._step_keys.clear()  # loaded counters: read back once, at the next step
 
     @torch.no_grad()
-    def step(self, closure=None, skip: torch.Tensor | None = None):  # type: ignore[override]
+    def step(self, closure=None, skip: Tensor | None = None):  # type: ignore[override]
         skip, self.pending_skip = (skip if skip is not None else self.pending_skip), None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._update_group(group, params, skip)
+                self._init_state(params)
+                for bucket in self._buckets(params):
+                    self._update_bucket(group, bucket, skip)
 
-    def _update_group(self, group: dict, params: list[torch.Tensor], skip: torch.Tensor | None) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+    def _init_state(self, params: list[Tensor]) -> None:
+        unknown = []
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        # keep = 1 for a real update, 0 for a skipped one (all arithmetic stays on the device).
-        keep = (
-            torch.ones((), device=params[0].device)
-            if skip is None
-            else (~skip).to(device=params[0].device, dtype=torch.float32)
-        )
+                self._step_keys[p] = 0  # key 0: a counter at zero
+            elif p not in self._step_keys:
+                unknown.append(p)
+        if unknown:
+            self._read_step_keys(unknown)
+
+    def _read_step_keys(self, params: list[Tensor]) -> None:
+        """Key loaded counters by their values: one device→host read after a resume, never again."""
         for p in params:
-            state = self.state[p]
-            grad = p.grad if skip is None else torch.where(skip.to(p.device), 0.0, p.grad)
-            state["step"].add_(keep)
-            step = state["step"].clamp(min=1.0)
-            bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-            if wd != 0:
-                p.mul_(1 - lr * wd * keep)
-            state["exp_avg"].lerp_(grad, (1 - beta1) * keep)
-            state["exp_avg_sq"].mul_(1 - (1 - beta2) * keep).addcmul_(grad, grad, value=1 - beta2)
-            denom = state["exp_avg_sq"].sqrt()
-            if group["fairseq_eps"]:
-                denom.add_(eps)
-                step_size = lr * bias2.sqrt() / bias1
-            else:
-                denom.div_(bias2.sqrt()).add_(eps)
-                step_size = lr / bias1
-            p.sub_(state["exp_avg"] / denom * (step_size * keep))
+            if self.state[p]["step"].device != p.device:  # torch's loader keeps "step" where it was
+                self.state[p]["step"] = self.state[p]["step"].to(p.device, torch.float32)
+        values = torch.stack([self.state[p]["step"] for p in params]).tolist()
+        keys: dict[float, int] = {0.0: 0}
+        for p, value in zip(params, values, strict=True):
+            if value not in keys:
+                self._last_key += 1
+                keys[value] = self._last_key
+            self._step_keys[p] = keys[value]
+
+    def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
+        """Parameters with equal step counters, device and dtype; advances the keys of this step's."""
+        buckets: dict[tuple, list[Tensor]] = {}
+        advanced: dict[int, int] = {}
+        for p in params:
+            key = self._step_keys[p]
+            buckets.setdefault((key, p.device, p.dtype, p.grad.dtype), []).append(p)
+            if key not in advanced:
+                self._last_key += 1
+                advanced[key] = self._last_key
+            self._step_keys[p] = advanced[key]  # counters of parameters without a gradient stay
+        return list(buckets.values())
+
+    def _update_bucket(self, group: dict, params: list[Tensor], skip: Tensor | None) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        states = [self.state[p] for p in params]
+        weights, grads = [_local(p) for p in params], [_local(p.grad) for p in params]
+        exp_avgs = [_local(s["exp_avg"]) for s in states]
+        exp_avg_sqs = [_local(s["exp_avg_sq"]) for s in states]
+        device = weights[0].device
+        # keep = 1 for a real update, 0 for a skipped one (all arithmetic stays on the device).
+        if skip is None:
+            keep = torch.ones((), device=device)
+        else:
+            keep = (~skip).to(device=device, dtype=torch.float32)
+            _zero_if_skipped(grads, skip)
+        torch._foreach_add_([s["step"] for s in states], keep)
+        step = states[0]["step"].clamp(min=1.0)  # the bucket's counters are equal
+        bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+        if wd != 0:
+            torch._foreach_mul_(weights, 1 - lr * wd * keep)
+        # m ← β1·m + (1 − β1)·g and v ← β2·v + (1 − β2)·g² (a skipped update: g = 0 and factor 1).
+        torch._foreach_mul_(exp_avgs, 1 - (1 - beta1) * keep)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, 1 - (1 - beta2) * keep)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        if group["fairseq_eps"]:
+            step_size, root_bias2 = lr * bias2.sqrt() / bias1, None
+        else:
+            step_size, root_bias2 = lr / bias1, bias2.sqrt()
+        step_size = step_size * keep
+        for start, stop in _chunks(weights):
+            denom = torch._foreach_sqrt(exp_avg_sqs[start:stop])
+            if root_bias2 is not None:
+                torch._foreach_div_(denom, root_bias2)
+            torch._foreach_add_(denom, eps)
+            # p − m / (denom / s) = p − s·m / denom; s = 0 on a skipped update: m / inf = 0.
+            torch._foreach_div_(denom, step_size)
+            torch._foreach_addcdiv_(weights[start:stop], exp_avgs[start:stop], denom, value=-1.0)
+
+
+def _zero_if_skipped(grads: list[Tensor], skip: Tensor) -> None:
+    """Zero the gradients in place when ``skip`` is set: an integer multiply of their bits by 0 or 1,
+    which clears NaN and inf too (a float multiply by 0 keeps NaN) and needs no host sync."""
+    by_width: dict[int, list[Tensor]] = {}
+    for g in grads:
+        by_width.setdefault(g.element_size(), []).append(g)
+    for width, same in by_width.items():
+        dtype = _SAME_WIDTH_INT[width]
+        keep = (~skip).to(device=same[0].device, dtype=dtype)
+        torch._foreach_mul_([g.view(dtype) for g in same], keep)
+
+
+def _chunks(tensors: list[Tensor]) -> list[tuple[int, int]]:
+    """Consecutive index ranges of at most ``_CHUNK_ELEMENTS`` elements (or one tensor)."""
+    ranges, start, size = [], 0, 0
+    for index, tensor in enumerate(tensors):
+        if index > start and size + tensor.numel() > _CHUNK_ELEMENTS:
+            ranges.append((start, index))
+            start, size = index, 0
+        size += tensor.numel()
+    ranges.append((start, len(tensors)))
+    return ranges
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> Adam:

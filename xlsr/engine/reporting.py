@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from xlsr.fileio import atomic_write_text
 log = logging.getLogger("xlsr.train")
 
 HISTORY_NAME = "metrics.jsonl"
+VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
 SUMMARY_NAME = "summary.json"
 WANDB_ID_NAME = "wandb_run_id"
 
@@ -144,9 +146,10 @@ class RunHistory:
         with open(self.path, "a") as history:
             history.write(json.dumps({"step": step, **metrics}) + "\n")
 
-    def write_summary(self, result: TrainResult) -> None:
+    def write_summary(self, result: TrainResult, best: dict[str, Any] | None = None) -> None:
         """First and last logged metrics of the whole run (across resumes), and where things are."""
-        lines = self.lines()
+        records = self.lines()
+        lines = [record for record in records if record.get("kind") != VALID_KIND]
         if not lines:
             return
         summary = {
@@ -159,7 +162,24 @@ class RunHistory:
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "wandb_dir": result.wandb_dir,
         }
+        summary.update(validation_summary([r for r in records if r.get("kind") == VALID_KIND], best))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+
+
+def validation_summary(valid: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any]:
+    """The last validation's values (``valid_*``, per-language ``valid/...``, ``probe_*``), the probe's
+    baseline (its value at update 0, the randomly initialised model) and the best checkpoint."""
+    if not valid:
+        return {}
+    last = {k: v for k, v in valid[-1].items() if k not in ("kind", "step")}
+    summary: dict[str, Any] = {**last, "valid_step": valid[-1]["step"]}
+    if valid[0]["step"] == 0:
+        summary["valid_loss_contrastive_update_0"] = valid[0]["valid_loss_contrastive"]
+        if "probe_lid_accuracy" in valid[0]:
+            summary["probe_lid_accuracy_baseline"] = valid[0]["probe_lid_accuracy"]
+    if best is not None:
+        summary["best"] = best
+    return summary
 
 
 class Reporter:
@@ -208,14 +228,35 @@ class Reporter:
             self.progress.write(f"WARNING collapse alarm: {alarm}")
             self.wandb.log(step, {"alarms/collapse": alarm})
 
+    def validation(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.progress.write(format_validation_line(step, self.cfg, metrics))
+        self.history.append(step, {"kind": VALID_KIND, **metrics})
+        self.wandb.log(step, {key if "/" in key else f"valid/{key}": v for key, v in metrics.items()})
+
     def note(self, text: str) -> None:
         if self.enabled:
             self.progress.write(text)
 
-    def close(self, result: TrainResult | None) -> None:
+    def close(self, result: TrainResult | None, best: dict[str, Any] | None = None) -> None:
         self.progress.close()
         if not self.enabled:
             return
         self.wandb.close()
         if result is not None:
-            self.history.write_summary(result)
+            self.history.write_summary(result, best)
+
+
+def format_validation_line(step: int, cfg: TrainConfig, metrics: dict[str, float]) -> str:
+    chance = math.log2(cfg.model.num_negatives + 1)
+    parts = [
+        f"valid update {step}",
+        f"contrast {metrics['valid_loss_contrastive']:.3f} bits (chance {chance:.3f})",
+        f"accuracy {metrics['valid_accuracy']:.3f}",
+        f"code_perplexity {metrics['valid_code_perplexity']:.1f}",
+    ]
+    if "probe_lid_accuracy" in metrics:
+        parts.append(f"LID probe {metrics['probe_lid_accuracy']:.3f}")
+    parts.append(f"{metrics['valid_seconds']:.1f} s")
+    return " | ".join(parts)

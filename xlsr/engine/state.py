@@ -7,6 +7,7 @@ per rank.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -29,6 +30,8 @@ class TrainState:
         self.wandb_run_id: str | None = None
         self.skipped_total = torch.zeros((), device=device)
         self.consecutive_nonfinite = torch.zeros((), device=device)
+        self.best_valid_loss = math.inf  # the lowest valid contrastive loss after update 0, in bits
+        self.best_step: int | None = None
 
     def record_update(self, skipped: torch.Tensor) -> None:
         """Count a finished update; ``skipped`` is the device-side flag of a non-finite one."""
@@ -52,6 +55,8 @@ class TrainState:
             "skipped_total": self.skipped_total.cpu(),
             "run_uid": self.run_uid,
             "wandb_run_id": self.wandb_run_id,
+            "best_valid_loss": self.best_valid_loss,
+            "best_step": self.best_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -59,6 +64,8 @@ class TrainState:
         self.skipped_total.copy_(state["skipped_total"])
         self.run_uid = state.get("run_uid")  # None in checkpoints of older xlsr versions
         self.wandb_run_id = state.get("wandb_run_id")
+        self.best_valid_loss = state.get("best_valid_loss", math.inf)
+        self.best_step = state.get("best_step")
 
 
 class RNGState:

@@ -27,10 +27,12 @@ from xlsr.data.loader import DataStream
 from xlsr.data.stream import Batch
 from xlsr.engine.backends import build_backend
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
+from xlsr.engine.checkpoint_files import step_dir_name
 from xlsr.engine.distributed import DistEnv, any_rank_host
 from xlsr.engine.metrics import IntervalMeter
 from xlsr.engine.reporting import Reporter, RunHistory, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
+from xlsr.evaluation.validate import Validator
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import compute_mask_indices
 from xlsr.process import StopRequest
@@ -62,6 +64,7 @@ class Trainer:
         self.state = TrainState(env.device)
         self.rng = RNGState(env.device)
         self.meter = IntervalMeter(cfg, env)
+        self.validator = Validator(cfg, env) if cfg.data.valid else None
 
     def restore(self) -> None:
         """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
@@ -104,10 +107,12 @@ class Trainer:
             save_config(self.recipe, Path(self.cfg.run_dir) / "config.yaml")
         reporter.data_mixture(self.data.probability_table(), self.data.hours, self.data.hour_probs)
         try:
+            if self.validator is not None and self.state.step == 0:
+                self._validate(reporter)  # the baseline: the model before any update
             self._loop(reporter, result)
         finally:
             result.step = self.state.step
-            reporter.close(result)
+            reporter.close(result, self._best())
             self.data.close()
             self.backend.close()
         return result
@@ -123,10 +128,13 @@ class Trainer:
                 reporter.interval(step, self._interval_metrics())
             elif step % cfg.optim.max_consecutive_nonfinite == 0:
                 self.state.check_nonfinite(cfg.optim.max_consecutive_nonfinite)
+            best = self._validation_due(step) and self._validate(reporter)
             stop = self._stop_agreed()
-            if stop or step % cfg.checkpoint.interval_updates == 0 or step == last:
-                result.checkpoint = self._save(final=stop or step == last)
+            if best or stop or step % cfg.checkpoint.interval_updates == 0 or step == last:
+                result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
+            if best:
+                self.checkpointer.mark_best(step, self.state.best_valid_loss)
             if stop:
                 result.status = "preempted"
                 return
@@ -193,6 +201,29 @@ class Trainer:
             return None
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "layerdrop", self.state.step))
         return (torch.rand(self.cfg.model.encoder_layers, generator=generator) >= p).tolist()
+
+    def _best(self) -> dict | None:
+        if self.state.best_step is None:
+            return None
+        return {
+            "step": self.state.best_step,
+            "valid_loss_contrastive": self.state.best_valid_loss,
+            "checkpoint": str(self.cfg.checkpoint_dir / step_dir_name(self.state.best_step)),
+        }
+
+    def _validation_due(self, step: int) -> bool:
+        every = self.cfg.validation.interval_updates
+        return self.validator is not None and (step % every == 0 or step == self.cfg.last_update)
+
+    def _validate(self, reporter: Reporter) -> bool:
+        """Validate (and probe) now; True if this is the best valid loss so far (after update 0)."""
+        result = self.validator.run(self.backend)
+        loss = result.metrics["valid_loss_contrastive"]
+        best = self.state.step > 0 and loss < self.state.best_valid_loss
+        if best:
+            self.state.best_valid_loss, self.state.best_step = loss, self.state.step
+        reporter.validation(self.state.step, {**result.metrics, "valid_seconds": result.seconds})
+        return best
 
     def _interval_metrics(self) -> dict[str, float]:
         metrics = self.meter.reduce(self.state.step, self.data.skipped())

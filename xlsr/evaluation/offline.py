@@ -1,0 +1,84 @@
+"""`xlsr probe`: the language-ID probe on any checkpoint, outside training.
+
+Accepts what `xlsr.pretrained.load_model_weights` reads (a training checkpoint, an `xlsr import`
+file, an HF export) and fairseq ``.pt`` files directly, so a run can be compared with a released
+model on the same held-out data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xlsr.config import DataConfig, ModelConfig, TrainConfig, ValidationConfig, validate
+from xlsr.evaluation.probe import ProbeResult, lid_probe
+from xlsr.evaluation.valid_set import load_valid_set
+from xlsr.evaluation.validate import mean_pooled_output
+from xlsr.model.interop import UnreadableCheckpointError, load_fairseq_checkpoint
+from xlsr.pretrained import build_model, load_model_weights
+
+
+@dataclass
+class OfflineProbe:
+    checkpoint: str
+    layer: int
+    languages: list[str]
+    utterances: int
+    result: ProbeResult
+
+    def as_dict(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint,
+            "layer": self.layer,
+            "utterances": self.utterances,
+            "train_utterances": self.result.train_size,
+            "test_utterances": self.result.test_size,
+            "probe_lid_accuracy": self.result.accuracy,
+            "per_language": {self.languages[c]: acc for c, acc in sorted(self.result.per_class.items())},
+        }
+
+
+def load_any_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Our formats, or a fairseq checkpoint file."""
+    try:
+        return load_model_weights(path)
+    except UnreadableCheckpointError:
+        if not Path(path).is_file():
+            raise
+        return load_fairseq_checkpoint(path)
+
+
+def probe_checkpoint(
+    path: str | Path,
+    indexes: list[str],
+    layer: int = 0,
+    max_seconds_per_language: float = 300.0,
+    crop_seconds: float = 20.0,
+    device: str = "cpu",
+) -> OfflineProbe:
+    model_cfg, state = load_any_weights(path)
+    model = build_model(model_cfg, state).to(device).eval()
+    cfg = TrainConfig(
+        model=model_cfg,
+        data=DataConfig(
+            valid=list(indexes),
+            max_sample_size=int(crop_seconds * 16_000),
+            min_sample_size=min(16_000, int(crop_seconds * 16_000)),
+            max_tokens=int(crop_seconds * 16_000),
+            normalize=model_cfg.extractor_mode == "layer_norm",  # as the model was pretrained
+        ),
+        validation=ValidationConfig(max_seconds_per_language=max_seconds_per_language, probe_layer=layer),
+    )
+    validate(cfg, "xlsr probe")
+    valid_set = load_valid_set(cfg)
+    features = torch.zeros(valid_set.size, model_cfg.encoder_embed_dim)
+    with torch.no_grad(), mean_pooled_output(model, layer) as pooled:
+        for utterance in valid_set.utterances:
+            model.encode(utterance.audio.to(device).unsqueeze(0))
+            features[utterance.index] = pooled[0].cpu()
+    languages = sorted({language for _, language in valid_set.streams})
+    labels = torch.tensor([languages.index(valid_set.streams[s][1]) for s in valid_set.labels])
+    result = lid_probe(features, labels, valid_set.keys)
+    return OfflineProbe(str(path), layer, languages, valid_set.size, result)

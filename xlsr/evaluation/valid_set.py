@@ -1,0 +1,86 @@
+"""The held-out utterances a run is validated on: deterministic, capped per language, split over ranks.
+
+Which utterances: for every (corpus, language) of the ``data.valid`` indexes, utterances in the
+order of a hash of their key, until ``validation.max_seconds_per_language`` is reached; each is
+cropped to ``data.max_sample_size`` at an offset derived from its key, and normalised like the
+training data. The selection, crops and (in `xlsr.evaluation.validate`) masks depend on the keys
+alone, so values are comparable across updates, world sizes, backends and resumes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xlsr.config import SAMPLE_RATE, TrainConfig
+from xlsr.data.shard_format import read_index
+from xlsr.data.shards import RawSample, decode_sample, iter_shard
+
+
+@dataclass
+class ValidUtterance:
+    index: int  # position in the whole valid set (the same on every rank)
+    key: str
+    stream: int  # index into ValidSet.streams
+    audio: torch.Tensor  # (L,) float32, cropped and normalised
+
+
+@dataclass
+class ValidSet:
+    streams: list[tuple[str, str]]  # (corpus, language), sorted
+    size: int  # utterances in the whole set, over all ranks
+    utterances: list[ValidUtterance]  # this rank's share
+    keys: list[str]  # every utterance's key, by index
+    labels: list[int]  # every utterance's stream, by index
+
+
+def key_hash(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogateescape"))
+
+
+def load_valid_set(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> ValidSet:
+    """This rank's share (every ``world_size``-th utterance from ``rank``) of the capped valid set."""
+    chosen = _choose(cfg)
+    streams = sorted({(raw.corpus, raw.language) for raw in chosen})
+    stream_of = {name: position for position, name in enumerate(streams)}
+    utterances = [
+        ValidUtterance(index, raw.key, stream_of[(raw.corpus, raw.language)], _prepare(raw, cfg))
+        for index, raw in enumerate(chosen)
+        if index % world_size == rank
+    ]
+    labels = [stream_of[(raw.corpus, raw.language)] for raw in chosen]
+    return ValidSet(streams, len(chosen), utterances, [raw.key for raw in chosen], labels)
+
+
+def _choose(cfg: TrainConfig) -> list[RawSample]:
+    """Every stream's utterances by key hash, up to the cap; streams in name order."""
+    by_stream: dict[tuple[str, str], list[RawSample]] = {}
+    for path in cfg.data.valid:
+        for shard in read_index(path).shards:
+            for raw in iter_shard(shard.url):
+                if raw.num_samples >= cfg.data.min_sample_size:
+                    by_stream.setdefault((raw.corpus, raw.language), []).append(raw)
+    cap = cfg.validation.max_seconds_per_language * SAMPLE_RATE
+    chosen = []
+    for name in sorted(by_stream):
+        total = 0
+        for raw in sorted(by_stream[name], key=lambda r: (key_hash(r.key), r.key)):
+            if total >= cap:
+                break
+            chosen.append(raw)
+            total += min(raw.num_samples, cfg.data.max_sample_size)
+    return chosen
+
+
+def _prepare(raw: RawSample, cfg: TrainConfig) -> torch.Tensor:
+    wave = decode_sample(raw)
+    if cfg.data.normalize:  # over the whole utterance before cropping, as in training (fairseq)
+        wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
+    crop = cfg.data.max_sample_size
+    if len(wave) > crop:
+        start = key_hash(raw.key) % (len(wave) - crop + 1)
+        wave = wave[start : start + crop]
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
