@@ -9,11 +9,32 @@ The entry points are `shard(ShardJob(...)) -> ShardResult` and `stats(index_path
 - `writer`: plan shards deterministically, write them (in parallel, resumably) and merge the index.
 - `hours`: hours per stream, upsampling table and plot from an index.
 - `synthetic`: a small, speech-like multilingual demo corpus.
+- `layouts`: XLS-R-shaped shard sets without real audio (loader tests and sampling benchmarks).
 - `cli`: the `xlsr shard` and `xlsr stats` subcommands (argument parsing and printing only).
 
 The index format itself lives in the library, `xlsr.data.shard_format`, shared with the loader.
 """
 
-from sharding.api import ShardError, ShardJob, ShardResult, StatsResult, TaskShare, shard, stats
+from sharding.api import (
+    RunStatsResult,
+    ShardError,
+    ShardJob,
+    ShardResult,
+    StatsResult,
+    TaskShare,
+    shard,
+    stats,
+    stats_of_run,
+)
 
-__all__ = ["ShardError", "ShardJob", "ShardResult", "StatsResult", "TaskShare", "shard", "stats"]
+__all__ = [
+    "RunStatsResult",
+    "ShardError",
+    "ShardJob",
+    "ShardResult",
+    "StatsResult",
+    "TaskShare",
+    "shard",
+    "stats",
+    "stats_of_run",
+]

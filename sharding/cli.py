@@ -2,6 +2,7 @@
 
     xlsr shard INPUT OUT_DIR [--layout ...] [--workers N] [--shard-size 1GB] ...
     xlsr stats OUT_DIR/index.json [--alpha 0.5] [--corpus-alpha 0.5] [--plot hours.png]
+    xlsr stats --run RUN_DIR          # what a finished run drew per language, against the target
 
 Both can also run standalone: `python -m sharding.cli shard ...`. This module only parses flags into
 a `ShardJob`, calls `sharding.api`, prints, and turns errors into exit codes (2 for a user error);
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sharding.api import ShardError, ShardJob, shard, stats
+from sharding.api import SUMMARY_NAME, ShardError, ShardJob, shard, stats, stats_of_run
 from sharding.manifest import LAYOUTS
 from xlsr.data.shard_format import AUDIO_FORMATS, INDEX_NAME, ShardIndexError, escape_path, index_file
 from xlsr.process import USER_ERROR_EXIT_CODE
@@ -112,8 +113,16 @@ def run_shard(args: argparse.Namespace) -> int:
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.description = "Hours per (corpus, language) of a shard index, before and after upsampling."
-    parser.add_argument("index", type=Path, help=f"{INDEX_NAME} written by `xlsr shard`, or its directory")
+    parser.description = (
+        "Hours per (corpus, language) of a shard index, before and after upsampling; or, with --run "
+        "(or a run directory), the share of audio a finished run drew per stream against its target."
+    )
+    parser.add_argument(
+        "index", type=Path, nargs="?", help=f"{INDEX_NAME} written by `xlsr shard`, or its directory"
+    )
+    parser.add_argument(
+        "--run", type=Path, dest="run_dir", help=f"a run directory of `xlsr train` (reads {SUMMARY_NAME})"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="language upsampling alpha (default 0.5)")
     parser.add_argument(
         "--corpus-alpha", type=float, default=0.5, help="corpus upsampling alpha (default 0.5)"
@@ -125,7 +134,19 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    """Print the hours table and write the before/after bar chart. Returns an exit code."""
+    """Print the hours table and write the before/after bar chart, or a run's realised shares.
+    Returns an exit code."""
+    run_dir = args.run_dir
+    if run_dir is None and args.index is not None and _is_run_dir(args.index):
+        run_dir = args.index
+    if run_dir is not None:
+        try:
+            print(stats_of_run(run_dir).table)
+        except ShardError as exc:
+            return _error(str(exc))
+        return 0
+    if args.index is None:
+        return _error("give an index (xlsr stats OUT_DIR/index.json) or a run (xlsr stats --run RUN_DIR)")
     plot = args.plot
     directory = index_file(args.index).parent
     # A colleague's shard set is often read-only: then the default plot is left out, not an error.
@@ -141,6 +162,10 @@ def run_stats(args: argparse.Namespace) -> int:
     elif plot is None:
         print(f"(no plot: {escape_path(directory)} is not writable; pass --plot PATH)")
     return 0
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / SUMMARY_NAME).is_file() and not (path / INDEX_NAME).exists()
 
 
 def _error(message: str, code: int = USER_ERROR_EXIT_CODE) -> int:

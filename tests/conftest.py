@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from shard_helpers import SKEWED_CORPORA
 
 from sharding import ShardJob, shard
+from sharding.layouts import skewed_layout, write_skewed_shard_set
 from sharding.synthetic import generate_demo_corpus
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -22,3 +24,9 @@ def demo_index(tmp_path_factory) -> Path:
         corpus, root / "shards", corpus="demo", shard_size_bytes=400_000, workers=2, progress=False
     )
     return shard(job).index_path
+
+
+@pytest.fixture(scope="session")
+def skewed_index(tmp_path_factory) -> Path:
+    """index.json of an XLS-R-shaped shard set (sharding.layouts.write_skewed_shard_set)."""
+    return write_skewed_shard_set(tmp_path_factory.mktemp("skewed_data"), skewed_layout(SKEWED_CORPORA))

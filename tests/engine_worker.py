@@ -71,6 +71,12 @@ class FixedBatches:
     def close(self) -> None:
         pass
 
+    def telemetry(self) -> torch.Tensor:
+        return torch.zeros(0, 3, dtype=torch.float64)  # pre-made batches: no streams
+
+    def stream_report(self, totals: torch.Tensor) -> list[dict]:
+        return []
+
 
 class DumpingTrainer(Trainer):
     """Saves the full (unsharded) weights right after restoring, for resharding tests."""

@@ -357,6 +357,7 @@ def test_run_config_saved_before_presets_still_loads(tmp_path):
     dumped = yaml.safe_load(dump_config(cfg))
     # the keys added since
     assert dumped["optim"].pop("batch_tokens") == 0 and dumped["data"].pop("valid") == []
+    assert dumped["data"].pop("max_open_shards") == 16
     assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
     assert dumped == yaml.safe_load(SAVED_BEFORE_PRESETS)  # otherwise the same format today
 
@@ -374,6 +375,7 @@ RULES = [
     ("logging.interval=0", "'logging.interval' must be >= 1, got 0"),
     ("checkpoint.interval_updates=0", "'checkpoint.interval_updates' must be >= 1, got 0"),
     ("optim.update_freq=0", "'optim.update_freq' must be >= 1, got 0"),
+    ("data.max_open_shards=0", "'data.max_open_shards' must be >= 1, got 0"),
     ("optim.batch_tokens=-1", "'optim.batch_tokens' must be >= 0, got -1"),
     ("validation.interval_updates=0", "'validation.interval_updates' must be >= 1, got 0"),
     ("validation.max_seconds_per_language=0", "'validation.max_seconds_per_language' must be > 0, got 0"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from shard_helpers import loader_config
 
 from xlsr.config import DataConfig
 from xlsr.data import shards
@@ -23,20 +23,12 @@ from xlsr.data.stream import SlotPipeline
 from xlsr.data.upsampling import upsampling_probabilities
 from xlsr.seeding import derive_seed
 
+DEMO_LOADER = dict(max_tokens=120_000, max_sample_size=48_000, min_sample_size=16_000, shuffle_buffer=16)
+
 
 def data_config(index, **changes) -> DataConfig:
-    base = DataConfig(
-        train=[str(index)],
-        max_tokens=120_000,
-        max_sample_size=48_000,
-        min_sample_size=16_000,
-        num_workers=0,
-        shuffle_buffer=16,
-        bucket_buffer=12,
-        num_buckets=3,
-        normalize=True,
-    )
-    return dataclasses.replace(base, **changes)
+    defaults = {**DEMO_LOADER, "bucket_buffer": 12, "num_buckets": 3, "normalize": True}
+    return loader_config(index, defaults, **changes)
 
 
 def take(stream, n):

@@ -146,8 +146,10 @@ def test_probe_command_on_a_fairseq_checkpoint(valid_index, tmp_path):
     assert (
         xlsr("import", "--from", "fairseq", str(fairseq_file), str(tmp_path / "imported.pt")).returncode == 0
     )
-    imported = xlsr("probe", str(tmp_path / "imported.pt"), "--data", str(valid_index),
-                    "--max-seconds-per-language", "20", "--layer", "2", "--json", str(tmp_path / "imported.json"))  # fmt: skip
+    imported = xlsr(
+        "probe", str(tmp_path / "imported.pt"), "--data", str(valid_index),
+        "--max-seconds-per-language", "20", "--layer", "2", "--json", str(tmp_path / "imported.json"),
+    )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("direct.json", "imported.json"))
     assert a["layer"] == 0 and b["layer"] == 2

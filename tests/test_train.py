@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from xlsr.data.loader import SKIP_COUNTERS
 from xlsr.engine.checkpoint import complete_checkpoints
 from xlsr.process import PREEMPTED_EXIT_CODE
 
@@ -72,7 +73,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     losses = [json.loads(line)["loss"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] - 0.02 and summary["last"]["loss"] == losses[-1]
     skips = {k: v for k, v in summary["last"].items() if k.startswith("data_skipped_")}
-    assert set(skips) == {f"data_skipped_{r}" for r in ("too_short", "undecodable", "broken_units")}
+    assert set(skips) == {f"data_skipped_{r}" for r in SKIP_COUNTERS}
     assert skips["data_skipped_undecodable"] == skips["data_skipped_broken_units"] == 0  # clean shards
     assert [step for step, _ in complete_checkpoints(out / "run" / "checkpoints")] == [75, 150]
     wandb_dir = Path(summary["wandb_dir"])

@@ -103,6 +103,9 @@ class DataConfig:
 
     # index.json files written by `xlsr shard` (or directories holding one).
     train: list[str] = field(default_factory=list)
+    # Shard readers (open files or `pipe:` processes) per loader slot; the least drawn stream's reader
+    # is closed first and reopens where it stopped (docs/data.md, "Open shard readers").
+    max_open_shards: int = 16
     # Held-out index.json files (`xlsr shard --valid-seconds` writes OUT/valid/index.json); empty = no
     # validation.
     valid: list[str] = field(default_factory=list)

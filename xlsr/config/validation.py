@@ -72,6 +72,7 @@ RANGES: dict[str, Rule] = {
     "data.max_sample_size": at_least(1),
     "data.min_sample_size": above(0),
     "data.num_workers": at_least(0),
+    "data.max_open_shards": at_least(1),
     "data.shuffle_buffer": at_least(0),
     "data.bucket_buffer": at_least(0),
     "data.num_buckets": at_least(1),

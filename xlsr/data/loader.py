@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from xlsr.config import DataConfig
+from xlsr.config import SAMPLE_RATE, DataConfig
+from xlsr.data.planning import UnitPlan
 from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index
-from xlsr.data.stream import Batch, SlotPipeline, StreamSpec
+from xlsr.data.shards import is_ranged_pipe
+from xlsr.data.stream import (
+    BROKEN_CAUSES,
+    DEFAULT_MAX_OPEN_SHARDS,
+    STREAM_COUNTS,
+    Batch,
+    SlotPipeline,
+    StreamSpec,
+)
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
 from xlsr.process import STOP_SIGNALS
 from xlsr.seeding import derive_seed
@@ -35,32 +44,40 @@ from xlsr.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 
-def build_stream_specs(cfg: DataConfig) -> tuple[list[StreamSpec], dict[tuple[str, str], float], dict]:
-    """Streams with per-utterance draw probabilities, plus the hours and hour-probabilities behind them.
+Hours = dict[tuple[str, str], float]
 
-    XLS-R's probabilities are over hours of audio. Drawing utterances with p_s / mean_duration_s
-    makes the expected share of *audio* from each stream equal p_s.
-    """
+
+def build_stream_specs(cfg: DataConfig) -> tuple[list[StreamSpec], Hours, Hours]:
+    """The streams of ``data.train`` (see ``stream_specs``); missing local tars are refused here."""
     if not cfg.train:
         raise ValueError("data.train is empty: list one or more index.json files written by `xlsr shard`")
-    shards: dict[tuple[str, str], list[ShardInfo]] = {}
+    shards: list[ShardInfo] = []
     for index_path in cfg.train:
         index = read_index(index_path)
         check_shards_exist(index)  # missing tars are named here, in one line, not in a worker's traceback
-        for shard in index.shards:
-            shards.setdefault((shard.corpus, shard.language), []).append(shard)
-    usable = {key: group for key, group in shards.items() if sum(s.samples for s in group) > 0}
+        shards.extend(index.shards)
+    try:
+        return stream_specs(shards, cfg.language_alpha, cfg.corpus_alpha)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (data.train={cfg.train})") from None
+
+
+def stream_specs(
+    shards: Iterable[ShardInfo], language_alpha: float, corpus_alpha: float
+) -> tuple[list[StreamSpec], Hours, Hours]:
+    """Streams (sorted by corpus, language) with their share of the sampled audio, plus the hours and
+    hour-probabilities behind them. XLS-R's probabilities are over hours of audio; each slot turns them
+    into per-utterance draw weights for the data it owns (``xlsr.data.planning``)."""
+    groups: dict[tuple[str, str], list[ShardInfo]] = {}
+    for shard in shards:
+        groups.setdefault((shard.corpus, shard.language), []).append(shard)
+    usable = {key: group for key, group in groups.items() if sum(s.samples for s in group) > 0}
     if not usable:
-        raise ValueError(f"no samples in the shards listed by data.train={cfg.train}")
+        raise ValueError("no samples in the shards listed")
     hours = {key: sum(s.seconds for s in group) / 3600 for key, group in usable.items()}
-    hour_probs = upsampling_probabilities(hours, cfg.language_alpha, cfg.corpus_alpha)
-    weights = {
-        key: hour_probs[key] / (hours[key] * 3600 / sum(s.samples for s in group))
-        for key, group in usable.items()
-    }
-    total = sum(weights.values())
+    hour_probs = upsampling_probabilities(hours, language_alpha, corpus_alpha)
     specs = [
-        StreamSpec(f"{key[0]}/{key[1]}", tuple(group), weights[key] / total)
+        StreamSpec(f"{key[0]}/{key[1]}", tuple(group), hour_probs[key])
         for key, group in sorted(usable.items())
     ]
     return specs, hours, hour_probs
@@ -70,6 +87,7 @@ class _SlotDataset(IterableDataset):
     def __init__(self, specs, cfg: DataConfig, seed: int, rank: int, world_size: int, workers: int):
         self.specs, self.cfg, self.seed = specs, cfg, seed
         self.rank, self.world_size, self.workers = rank, world_size, workers
+        self.plan = UnitPlan([spec.planned() for spec in specs], world_size * workers)
         self.slot_states: dict[int, dict] = {}
         self.first_worker = 0  # logical worker that serves the first batch (resume rotation)
 
@@ -78,13 +96,62 @@ class _SlotDataset(IterableDataset):
         physical = info.id if info is not None else 0
         logical = (physical + self.first_worker) % self.workers
         slot = self.rank * self.workers + logical
-        pipeline = SlotPipeline(self.specs, self.cfg, slot, self.world_size * self.workers, self.seed)
+        num_slots = self.world_size * self.workers
+        pipeline = SlotPipeline(self.specs, self.cfg, slot, num_slots, self.seed, plan=self.plan)
         if logical in self.slot_states:
             pipeline.load_state_dict(self.slot_states[logical])
-        while True:
-            batch = pipeline.next_batch()
-            batch.state = (logical, pipeline.state_dict())
-            yield batch
+        try:
+            while True:
+                batch = pipeline.next_batch()
+                batch.state = (logical, pipeline.state_dict())
+                yield batch
+        finally:
+            pipeline.close()
+
+
+SKIP_COUNTERS = ("too_short", "undecodable", "broken_units", *(f"broken_{c}" for c in BROKEN_CAUSES))
+
+
+def stream_report(specs: list[StreamSpec], totals: list[list[float]]) -> list[dict[str, Any]]:
+    """Rows of ``summary["data"]["streams"]``: see ``DataStream.stream_report``. ``passes`` is how many
+    times, on average, each utterance of the stream has been read (too-short ones included)."""
+    audio = sum(row[1] for row in totals) or 1.0
+    rows = []
+    for spec, (utterances, samples, too_short) in zip(specs, totals, strict=True):
+        corpus, language = spec.name.split("/", 1)
+        rows.append(
+            {
+                "corpus": corpus,
+                "language": language,
+                "target_share": spec.hour_prob,
+                "realised_share": samples / audio,
+                "hours_drawn": samples / SAMPLE_RATE / 3600,
+                "utterances": int(utterances),
+                "too_short": int(too_short),
+                "passes": (utterances + too_short) / spec.utterances,
+            }
+        )
+    return rows
+
+
+def _warn_about_pipe_rereads(specs: list[StreamSpec], cap: int) -> None:
+    """A closed `pipe:` reader without ``{offset}`` re-reads its shard up to where it was when its
+    stream is drawn again: with fewer open readers than streams, that can cost far more than the data."""
+    piped = [spec for spec in specs if any(_rereads(shard.url) for shard in spec.shards)]
+    if len(specs) > cap and piped:
+        log.warning(
+            "data: %d of %d streams are read through `pipe:` commands without {offset}, and "
+            "data.max_open_shards=%d: a stream whose reader was closed re-reads its shard from the start "
+            "when drawn again. Put {offset} in the command (docs/data.md) or set data.max_open_shards=%d",
+            len(piped),
+            len(specs),
+            cap,
+            len(specs),
+        )
+
+
+def _rereads(url: str) -> bool:
+    return url.startswith("pipe:") and not is_ranged_pipe(url)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -103,6 +170,7 @@ class DataStream:
         self.base_seed = seed  # the run's seed; `seed` is the stream's, which a reseed replaces
         self.workers = max(1, cfg.num_workers)
         self.specs, self.hours, self.hour_probs = build_stream_specs(cfg)
+        _warn_about_pipe_rereads(self.specs, getattr(cfg, "max_open_shards", DEFAULT_MAX_OPEN_SHARDS))
         self.dataset = _SlotDataset(self.specs, cfg, seed, rank, world_size, self.workers)
         self.batches_consumed = 0
         self._iterator: Iterator[Batch] | None = None
@@ -139,21 +207,39 @@ class DataStream:
     def close(self) -> None:
         """Stop the DataLoader workers now (they ignore stop signals, so exit must not wait on them)."""
         iterator, self._iterator = self._iterator, None
-        shutdown = getattr(iterator, "_shutdown_workers", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None) or getattr(iterator, "close", None)
         if shutdown is not None:
-            shutdown()
+            shutdown()  # DataLoader workers, or the in-process slot's generator (closes its shards)
 
     def skipped(self) -> dict[str, int]:
-        """Samples dropped so far on this rank, by reason (from the slots' last consumed states)."""
-        totals: dict[str, int] = {}
+        """Samples and units dropped so far on this rank, by reason (from the slots' last consumed
+        states): too_short, undecodable, broken_units and broken_<cause> for each of BROKEN_CAUSES."""
+        totals = dict.fromkeys(SKIP_COUNTERS, 0)
         for state in self.dataset.slot_states.values():
             for key, count in state["counters"].items():
                 if key != "samples":
                     totals[key] = totals.get(key, 0) + count
         return totals
 
+    def telemetry(self) -> torch.Tensor:
+        """This rank's draws per stream so far, summed over its slots' last consumed states: a float64
+        tensor of shape (streams, len(STREAM_COUNTS)), rows in ``self.specs`` order (the same on every
+        rank), columns utterances accepted, their audio samples, utterances too short. Sum it over
+        ranks (all-reduce), then ``stream_report`` turns it into shares."""
+        totals = torch.zeros(len(self.specs), len(STREAM_COUNTS), dtype=torch.float64)
+        for state in self.dataset.slot_states.values():
+            if "streams" in state:
+                totals += torch.tensor(state["streams"], dtype=torch.float64)
+        return totals
+
+    def stream_report(self, totals: torch.Tensor) -> list[dict[str, Any]]:
+        """Per (corpus, language), from ``telemetry()`` summed over ranks: target and realised share of
+        the sampled audio, hours and utterances drawn, and passes over the stream's data."""
+        return stream_report(self.specs, totals.tolist())
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "plan": self.dataset.plan.fingerprint(),
             "world_size": self.world_size,
             "workers": self.workers,
             "seed": self.seed,
@@ -168,18 +254,25 @@ class DataStream:
         # Checkpoints written before "base_seed" existed hold only the stream's seed.
         base_seed = state.get("base_seed", state["seed"])
         same_topology = state["world_size"] == self.world_size and state["workers"] == self.workers
-        if same_topology and base_seed == self.base_seed:
+        same_plan = state.get("plan") == self.dataset.plan.fingerprint()
+        if same_topology and same_plan and base_seed == self.base_seed:
             self._use_seed(state["seed"])
             self.dataset.slot_states = {int(k): v for k, v in state["slots"].items()}
             self.batches_consumed = state["batches_consumed"]
             return
-        if same_topology:
-            reason = f"the seed changed ({base_seed} -> {self.base_seed})"
-        else:
+        if not same_topology:
             reason = (
                 f"data topology changed (world size {state['world_size']} -> {self.world_size}, "
                 f"workers {state['workers']} -> {self.workers})"
             )
+        elif not same_plan:
+            reason = (
+                "the data plan changed (data.train, its shards or the upsampling alphas)"
+                if "plan" in state
+                else "the checkpoint predates the loader's ownership plan"
+            )
+        else:
+            reason = f"the seed changed ({base_seed} -> {self.base_seed})"
         self.reseed(updates_done, reason)
 
     def reseed(self, updates_done: int, reason: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xlsr.config.schema import SAMPLE_RATE
 from xlsr.fileio import atomic_write_text
 from xlsr.process import UserError
 
@@ -87,8 +88,26 @@ def read_index(path: str | os.PathLike) -> ShardIndex:
         )
     if not isinstance(data.get("shards"), list):
         raise ShardIndexError(f"{file}: expected a 'shards' list")
+    _check_audio_settings(data, file)
     shards = tuple(_shard_info(entry, position, file) for position, entry in enumerate(data["shards"]))
     return ShardIndex(file, data, shards)
+
+
+def _check_audio_settings(data: dict[str, Any], file: Path) -> None:
+    """The set's sample rate and audio format, when stated, must be what the loader decodes: a shard
+    set at another rate would otherwise train silently at the wrong speed. (Absent means the writer's
+    defaults, 16 kHz FLAC, for indexes written by hand.)"""
+    rate = data.get("sample_rate", SAMPLE_RATE)
+    if isinstance(rate, bool) or rate != SAMPLE_RATE:
+        raise ShardIndexError(
+            f"{file}: 'sample_rate' is {rate!r}, but the model takes {SAMPLE_RATE} Hz audio "
+            "(re-shard with `xlsr shard`, which resamples to 16 kHz)"
+        )
+    audio_format = data.get("audio_format", AUDIO_FORMATS[0])
+    if audio_format not in AUDIO_FORMATS:
+        raise ShardIndexError(
+            f"{file}: 'audio_format' is {audio_format!r}; supported: {', '.join(AUDIO_FORMATS)}"
+        )
 
 
 def _shard_info(entry: object, position: int, file: Path) -> ShardInfo:
@@ -102,15 +121,28 @@ def _shard_info(entry: object, position: int, file: Path) -> ShardInfo:
     for field, value in names.items():
         if not isinstance(value, str) or not value:
             raise ShardIndexError(f"{where}: '{field}' must be a non-empty string, got {value!r}")
-    try:
-        samples, seconds = int(entry["samples"]), float(entry["seconds"])
-    except (TypeError, ValueError) as exc:
-        raise ShardIndexError(f"{where}: 'samples' and 'seconds' must be numbers ({exc})") from None
-    if samples < 0 or not math.isfinite(seconds) or seconds < 0:
-        raise ShardIndexError(f"{where}: 'samples' and 'seconds' must be >= 0")
+    samples, seconds = _counts(entry["samples"], entry["seconds"], where)
     return ShardInfo(
         _resolve_url(names["path"], file.parent), names["corpus"], names["language"], samples, seconds
     )
+
+
+def _counts(samples: object, seconds: object, where: str) -> tuple[int, float]:
+    """``samples`` a whole number >= 0, ``seconds`` finite, >= 0, and > 0 when there are samples: the
+    loader divides by it, and a NaN would send every draw to one stream."""
+    numbers = (int, float)
+    if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in (samples, seconds)):
+        raise ShardIndexError(
+            f"{where}: 'samples' and 'seconds' must be numbers, got {samples!r} and {seconds!r}"
+        )
+    if samples < 0 or samples != int(samples) or not math.isfinite(seconds) or seconds < 0:
+        raise ShardIndexError(
+            f"{where}: 'samples' (a whole number) and 'seconds' (finite) must be >= 0, "
+            f"got {samples!r} and {seconds!r}"
+        )
+    if samples > 0 and seconds == 0:
+        raise ShardIndexError(f"{where}: {int(samples)} samples but 'seconds' is 0")
+    return int(samples), float(seconds)
 
 
 def _resolve_url(path: str, base: Path) -> str:

@@ -40,30 +40,97 @@ def iter_shard(url: str, part: int = 0, parts: int = 1) -> Iterator[RawSample]:
     """Samples of one shard in stored order (every ``parts``-th from ``part``); metadata-less or
     audio-less entries are skipped. ``url`` is anything ``webdataset.gopen`` opens (paths, ``pipe:``).
     Raises ``TarFormatError`` for a corrupt or truncated tar."""
-    stream = webdataset.gopen(url)
+    for _, _, _, sample in iter_samples(url, keep=lambda index: index % parts == part):
+        if sample is not None:
+            yield sample
+
+
+def iter_samples(
+    url: str,
+    start: int = 0,
+    stop: int | None = None,
+    resume_byte: int | None = None,
+    keep: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, int, int, RawSample | None]]:
+    """``(index, first_byte, next_byte, sample)`` for the samples ``start <= index < stop`` of one shard,
+    in stored order; ``sample`` is None for an entry without audio or readable metadata (or one ``keep``
+    rejects: its data is skipped, not read). ``first_byte`` is where the sample starts in the tar and
+    ``next_byte`` where the following one starts: a reader that closed after ``index`` reopens with
+    ``start=index + 1, resume_byte=next_byte``: files seek there, a ``pipe:`` command holding
+    ``{offset}`` is run with the byte offset in its place, other ``pipe:`` streams re-read up to it.
+
+    With ``stop``, the shard must hold at least ``stop`` samples (the index's count): fewer raise
+    ``ShortShardError``, so a tar cut at a member boundary, or empty, does not pass as complete.
+    Raises ``TarFormatError`` for a corrupt or truncated tar, ``OSError`` when it cannot be opened.
+    """
+    resume = resume_byte if resume_byte is not None and start > 0 else None
+    ranged = is_ranged_pipe(url)
+    stream = webdataset.gopen(url.replace(OFFSET_FIELD, str(resume or 0)) if ranged else url)
+    finished = False
     try:
-        index, key, sample = -1, None, {}
-        for name, read in _tar_members(stream, url):
-            match = _MEMBER_NAME.match(name)
-            if match is None or _META_MEMBER.search(name):
-                read(False)
-                continue
-            if match[1] != key:
-                if sample and (raw := _to_raw_sample(sample)) is not None:
-                    yield raw
-                index, key, sample = index + 1, match[1], {"__key__": match[1]}
-            wanted = index % parts == part
-            data = read(wanted)
-            if wanted:
-                sample[match[2]] = data
-        if sample and (raw := _to_raw_sample(sample)) is not None:
-            yield raw
+        tar = _TarStream(stream, url)
+        index = 0
+        if resume is not None and (ranged or tar.seekable):
+            if ranged:  # the command starts there
+                tar.position = resume
+            else:
+                tar.seek(resume)
+            index = start
+        try:
+            yield from _grouped(tar, index, start, stop, keep)
+        except ShortShardError:
+            _close(stream, early=False)  # a failed `pipe:` command explains a short read better
+            raise
+        finished = True
     finally:
-        stream.close()
+        _close(stream, early=not finished)
+
+
+# In a `pipe:` URL, where the command takes the byte offset to start reading at (0 on a first open).
+OFFSET_FIELD = "{offset}"
+
+
+def is_ranged_pipe(url: str) -> bool:
+    """A ``pipe:`` command that can start at a byte offset, e.g.
+    ``pipe:curl -s -r {offset}- https://host/shard.tar``: a reader that was closed reopens it there
+    instead of re-reading the shard from its start."""
+    return url.startswith("pipe:") and OFFSET_FIELD in url
 
 
 class TarFormatError(ValueError):
-    """A shard is not a readable tar (corrupt or truncated)."""
+    """A shard is not a readable tar: ``cause`` is "corrupt" or "truncated"."""
+
+    def __init__(self, message: str, cause: str = "corrupt"):
+        super().__init__(message)
+        self.cause = cause
+
+
+class ShortShardError(TarFormatError):
+    """A tar ended cleanly before the number of samples the index promises."""
+
+    def __init__(self, url: str, found: int, expected: int):
+        cause = "empty" if found == 0 else "truncated"
+        super().__init__(f"{url}: {found} sample(s) where the index promises at least {expected}", cause)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """Why a shard could not be read, as one of missing, unreadable, corrupt, truncated, empty."""
+    if isinstance(exc, TarFormatError):
+        return exc.cause
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    return "unreadable"  # permissions, I/O errors, a failed `pipe:` command, an unknown URL scheme
+
+
+def _close(stream: BinaryIO, early: bool) -> None:
+    """Close a shard stream. A ``pipe:`` command stopped early (its reader had what it needed) exits
+    on SIGPIPE, which webdataset reports as an error: nothing was lost, so it is not one here. After
+    a full read, a failed command (its exit status) is an error."""
+    try:
+        stream.close()
+    except OSError:
+        if not early:
+            raise
 
 
 _BLOCK = 512
@@ -72,29 +139,98 @@ _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
 
 
-def _tar_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, Callable[[bool], bytes | None]]]:
-    """(name, read) for each regular file of a tar stream; ``read(True)`` returns its data, ``read(False)``
-    skips it. A lean reader of ustar headers with GNU long names and pax paths, because Python's
-    ``tarfile`` (under webdataset's ``tar_file_iterator``) costs a fifth of the FLAC decode time."""
+def _grouped(
+    tar: _TarStream, index: int, start: int, stop: int | None, keep: Callable[[int], bool] | None
+) -> Iterator[tuple[int, int, int, RawSample | None]]:
+    """Members grouped into samples by webdataset's key rule; ``index`` is the first key's number."""
+    key, sample = None, {}
+    wanted, first = False, tar.position
+    for begin, name, read in _tar_members(tar):
+        match = _MEMBER_NAME.match(name)
+        if match is None or _META_MEMBER.search(name):
+            read(False)
+            continue
+        if match[1] != key:
+            if key is not None:
+                if index >= start:
+                    yield index, first, begin, (_to_raw_sample(sample) if wanted else None)
+                index += 1
+            if stop is not None and index >= stop:
+                return
+            key, sample, first = match[1], {"__key__": match[1]}, begin
+            wanted = index >= start and (keep is None or keep(index))
+        data = read(wanted)
+        if wanted:
+            sample[match[2]] = data
+    if key is not None:
+        if index >= start:
+            yield index, first, tar.position, (_to_raw_sample(sample) if wanted else None)
+        index += 1
+    if stop is not None and index < stop:
+        raise ShortShardError(tar.url, index, stop)
+
+
+class _TarStream:
+    """A shard stream that knows its byte position (``pipe:`` streams cannot tell())."""
+
+    def __init__(self, stream: BinaryIO, url: str):
+        self.stream, self.url, self.position = stream, url, 0
+        seekable = getattr(stream, "seekable", None)  # webdataset's pipe: streams have no seekable()
+        self.seekable = bool(seekable is not None and seekable())
+
+    def seek(self, position: int) -> None:
+        self.stream.seek(position)
+        self.position = position
+
+    def read(self, size: int, at_boundary: bool = False) -> bytes | None:
+        data = self.stream.read(size)
+        while len(data) < size:
+            more = self.stream.read(size - len(data))
+            if not more:
+                if at_boundary and not data:
+                    return None
+                raise TarFormatError(
+                    f"{self.url}: truncated tar (wanted {size} bytes, got {len(data)})", "truncated"
+                )
+            data += more
+        self.position += size
+        return data
+
+    def skip(self, size: int) -> None:
+        if size and self.seekable:
+            self.stream.seek(size, os.SEEK_CUR)
+            self.position += size
+        elif size:
+            self.read(size)
+
+
+def _tar_members(tar: _TarStream) -> Iterator[tuple[int, str, Callable[[bool], bytes | None]]]:
+    """(first byte, name, read) for each regular file of a tar stream; ``read(True)`` returns its data,
+    ``read(False)`` skips it. The first byte is that of the member's first header (a GNU long name or
+    pax header included). A lean reader of ustar headers with GNU long names and pax paths, because
+    Python's ``tarfile`` (under webdataset's ``tar_file_iterator``) costs a fifth of the FLAC decode time."""
     long_name: str | None = None
+    begin = 0
     while True:
-        header = _read_exactly(stream, _BLOCK, url, at_boundary=True)
+        if long_name is None:
+            begin = tar.position
+        header = tar.read(_BLOCK, at_boundary=True)
         if header is None or not any(header):
             return
-        size, kind = _parse_header(header, url)
+        size, kind = _parse_header(header, tar.url)
         consumed = False
 
         def read(keep: bool, size: int = size) -> bytes | None:
             nonlocal consumed
             consumed = True
-            data = _read_exactly(stream, size, url) if keep else _skip(stream, size, url)
-            _skip(stream, -size % _BLOCK, url)
+            data = tar.read(size) if keep else tar.skip(size)
+            tar.skip(-size % _BLOCK)
             return data
 
         if kind in (b"0", b"\0", b"7"):
             name = long_name or _header_name(header)
             long_name = None
-            yield name, read
+            yield begin, name, read
             if not consumed:
                 read(False)
         elif kind == b"L":  # GNU long name of the next member
@@ -104,26 +240,6 @@ def _tar_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, Callable[[bo
             long_name = next((r.split("=", 1)[1] for r in records.split("\n") if " path=" in r), long_name)
         else:  # directories, links, global pax headers
             read(False)
-
-
-def _read_exactly(stream: BinaryIO, size: int, url: str, at_boundary: bool = False) -> bytes | None:
-    data = stream.read(size)
-    while len(data) < size:
-        more = stream.read(size - len(data))
-        if not more:
-            if at_boundary and not data:
-                return None
-            raise TarFormatError(f"{url}: truncated tar (wanted {size} bytes, got {len(data)})")
-        data += more
-    return data
-
-
-def _skip(stream: BinaryIO, size: int, url: str) -> None:
-    seekable = getattr(stream, "seekable", None)  # webdataset's pipe: streams have no seekable()
-    if size and seekable is not None and seekable():
-        stream.seek(size, os.SEEK_CUR)
-    elif size:
-        _read_exactly(stream, size, url)
 
 
 def _parse_header(header: bytes, url: str) -> tuple[int, bytes]:

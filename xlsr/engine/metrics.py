@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from xlsr.config import SAMPLE_RATE, TrainConfig
+from xlsr.data.loader import SKIP_COUNTERS as DATA_SKIP_REASONS
 from xlsr.engine.distributed import DistEnv
 from xlsr.engine.flops import peak_flops, train_flops_per_crop
 
@@ -31,7 +32,6 @@ LOSS_METRICS = (
     "prob_perplexity",
     "code_perplexity",
 )
-DATA_SKIP_REASONS = ("too_short", "undecodable", "broken_units")
 # Device-side sums kept between logging intervals, in this order.
 SUM_KEYS = (
     "loss",
@@ -165,6 +165,17 @@ def peak_memory_gb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kilobytes / 2**20 if sys.platform != "darwin" else kilobytes / 2**30
+
+
+def stream_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per (corpus, language) telemetry as flat metrics: realised share of the sampled audio (against
+    ``target_share``), hours drawn, passes over the stream's data."""
+    metrics = {}
+    for row in rows:
+        prefix = f"data/{row['corpus']}/{row['language']}/"
+        for key in ("realised_share", "target_share", "hours_drawn", "passes"):
+            metrics[prefix + key] = row[key]
+    return metrics
 
 
 def format_console_line(step: int, total: int, metrics: dict[str, float]) -> str:

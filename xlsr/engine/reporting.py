@@ -93,6 +93,18 @@ class WandbLogger:
 
         self.log(step, {key: wandb.Table(columns=columns, data=rows)})
 
+    def log_streams(self, step: int, streams: list[dict[str, Any]]) -> None:
+        """The realised against the target share per (corpus, language): a table and a bar chart."""
+        if self.run is None:
+            return
+        import wandb
+
+        columns = ["stream", "target_share", "realised_share", "hours_drawn", "utterances", "passes"]
+        rows = [[f"{r['corpus']}/{r['language']}", *(r[c] for c in columns[1:])] for r in streams]
+        table = wandb.Table(columns=columns, data=rows)
+        chart = wandb.plot.bar(table, "stream", "realised_share", title="realised share of sampled audio")
+        self.log(step, {"data/streams": table, "data/realised_share": chart})
+
     def close(self) -> None:
         if self.run is not None:
             self._guarded("finish", self.run.finish)
@@ -146,7 +158,9 @@ class RunHistory:
         with open(self.path, "a") as history:
             history.write(json.dumps({"step": step, **metrics}) + "\n")
 
-    def write_summary(self, result: TrainResult, best: dict[str, Any] | None = None) -> None:
+    def write_summary(
+        self, result: TrainResult, best: dict[str, Any] | None = None, streams: list[dict] | None = None
+    ) -> None:
         """First and last logged metrics of the whole run (across resumes), and where things are."""
         records = self.lines()
         lines = [record for record in records if record.get("kind") != VALID_KIND]
@@ -163,6 +177,8 @@ class RunHistory:
             "wandb_dir": result.wandb_dir,
         }
         summary.update(validation_summary([r for r in records if r.get("kind") == VALID_KIND], best))
+        if streams:
+            summary["data"] = {"streams": streams}
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
 
@@ -239,13 +255,20 @@ class Reporter:
         if self.enabled:
             self.progress.write(text)
 
-    def close(self, result: TrainResult | None, best: dict[str, Any] | None = None) -> None:
+    def close(
+        self,
+        result: TrainResult | None,
+        best: dict[str, Any] | None = None,
+        streams: list[dict] | None = None,
+    ) -> None:
         self.progress.close()
         if not self.enabled:
             return
+        if streams:
+            self.wandb.log_streams(result.step if result else 0, streams)
         self.wandb.close()
         if result is not None:
-            self.history.write_summary(result, best)
+            self.history.write_summary(result, best, streams)
 
 
 def format_validation_line(step: int, cfg: TrainConfig, metrics: dict[str, float]) -> str:

@@ -29,7 +29,7 @@ from xlsr.engine.backends import build_backend
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
 from xlsr.engine.checkpoint_files import step_dir_name
 from xlsr.engine.distributed import DistEnv, any_rank_host
-from xlsr.engine.metrics import IntervalMeter
+from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.reporting import Reporter, RunHistory, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
 from xlsr.evaluation.validate import Validator
@@ -65,6 +65,7 @@ class Trainer:
         self.rng = RNGState(env.device)
         self.meter = IntervalMeter(cfg, env)
         self.validator = Validator(cfg, env) if cfg.data.valid else None
+        self.streams: list[dict] = []  # the latest per-(corpus, language) draws, for the summary
 
     def restore(self) -> None:
         """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
@@ -112,7 +113,7 @@ class Trainer:
             self._loop(reporter, result)
         finally:
             result.step = self.state.step
-            reporter.close(result, self._best())
+            reporter.close(result, self._best(), self.streams)
             self.data.close()
             self.backend.close()
         return result
@@ -225,8 +226,17 @@ class Trainer:
         reporter.validation(self.state.step, {**result.metrics, "valid_seconds": result.seconds})
         return best
 
+    def _stream_rows(self) -> list[dict]:
+        """What the job has drawn per (corpus, language), summed over every rank and worker."""
+        totals = self.data.telemetry()
+        if self.env.world_size > 1:
+            dist.all_reduce(totals, group=self.env.cpu_group)
+        return self.data.stream_report(totals)
+
     def _interval_metrics(self) -> dict[str, float]:
         metrics = self.meter.reduce(self.state.step, self.data.skipped())
+        self.streams = self._stream_rows()
+        metrics.update(stream_metrics(self.streams))
         self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
         metrics.update(
             temperature=self.model.quantizer.curr_temp,
