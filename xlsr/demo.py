@@ -1,16 +1,18 @@
 """`xlsr demo`: the whole path once, on a laptop-sized problem.
 
 1. generate a small multilingual corpus (xlsr never downloads anything here);
-2. shard it as `xlsr shard` does (per-language hours table; the corrupt and too-short files are skipped);
+2. shard it as `xlsr shard` does, holding out a validation set per language (per-language hours
+   table; the corrupt and too-short files are skipped);
 3. pretrain the tiny wav2vec 2.0 on `--nproc` processes with upsampling, warmup + polynomial decay,
-   W&B offline and checkpoints;
-4. print where everything is and how the loss moved.
+   validation and the language-ID probe, W&B offline and checkpoints;
+4. print how the held-out loss and the probe moved, draw the curves, and say where everything is.
 Every step reuses finished work, so a second run returns quickly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,13 +20,31 @@ from pathlib import Path
 from launchers.local import launch_local
 from sharding import ShardJob, shard
 from sharding.synthetic import generate_demo_corpus
+from xlsr.config import load_config
+from xlsr.evaluation.plot import plot_run
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+# Held out per language by `xlsr shard --valid-seconds` (scaled with --corpus-scale).
+VALID_SECONDS = 30.0
+# configs/tiny.yaml, tuned to show learning within minutes on 2 cores: a higher peak LR and 600
+# updates (honest wav2vec 2.0 pretraining: same objective, masks, negatives, quantizer).
+DEMO_OVERRIDES = (
+    "optim.lr=5e-3",
+    "optim.warmup_updates=60",
+    "optim.max_update=600",
+    "logging.interval=50",
+    "checkpoint.interval_updates=300",
+    "validation.interval_updates=150",
+    "validation.max_seconds_per_language=60",
+)
 
 
-def _shard(corpus: Path, shards: Path) -> Path:
+def _shard(corpus: Path, shards: Path, valid_seconds: float) -> Path:
     """Shard the demo corpus (reusing finished shards); print what `xlsr shard` prints. Returns the index."""
-    result = shard(ShardJob(input=corpus, out_dir=shards, corpus="demo", workers=2, progress=False))
+    job = ShardJob(
+        input=corpus, out_dir=shards, corpus="demo", workers=2, progress=False, valid_seconds=valid_seconds
+    )
+    result = shard(job)
     print(result.sources_line(), file=sys.stderr)
     print(result.summary())
     return result.index_path
@@ -34,8 +54,8 @@ def run_demo(out: Path, nproc: int = 2, overrides: Sequence[str] = (), corpus_sc
     out = out.resolve()
     print(f"== 1/4 corpus: {out / 'corpus'}")
     generate_demo_corpus(out / "corpus", scale=corpus_scale)
-    print(f"== 2/4 shards: {out / 'shards'}")
-    index = _shard(out / "corpus", out / "shards")
+    print(f"== 2/4 shards: {out / 'shards'} (held out: {out / 'shards' / 'valid'})")
+    index = _shard(out / "corpus", out / "shards", VALID_SECONDS * corpus_scale)
     run_dir = out / "run"
     print(f"== 3/4 pretraining the tiny model on {nproc} processes: {run_dir}")
     train_args = [
@@ -43,22 +63,45 @@ def run_demo(out: Path, nproc: int = 2, overrides: Sequence[str] = (), corpus_sc
         str(TINY_CONFIG),
         f"run_dir={run_dir}",
         f"data.train=[{index}]",
+        f"data.valid=[{index.parent / 'valid' / 'index.json'}]",
+        *DEMO_OVERRIDES,
         *overrides,
     ]
     code = launch_local(nproc, train_args, env={"WANDB_SILENT": "true"})
     if code != 0:
         print(f"training failed with exit code {code}")
         return code
-    summary = json.loads((run_dir / "summary.json").read_text())
     print("== 4/4 summary")
+    print_summary(run_dir)
+    return 0
+
+
+def print_summary(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
     first, last = summary["first"], summary["last"]
     print(
-        f"contrastive loss {first['loss_contrastive']:.3f} -> {last['loss_contrastive']:.3f} bits "
+        f"train contrastive loss {first['loss_contrastive']:.3f} -> {last['loss_contrastive']:.3f} bits "
         f"(update {first['step']} -> {last['step']}); "
         f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}"
     )
+    if "valid_loss_contrastive" in summary:
+        chance = math.log2(load_config(run_dir / "config.yaml").model.num_negatives + 1)
+        start, end = summary.get("valid_loss_contrastive_update_0"), summary["valid_loss_contrastive"]
+        print(
+            f"valid contrastive loss {start:.3f} -> {end:.3f} bits at update {summary['valid_step']} "
+            f"({chance - end:+.3f} below chance log2(K+1) = {chance:.3f})"
+        )
+    if "probe_lid_accuracy" in summary:
+        baseline = summary.get("probe_lid_accuracy_baseline", float("nan"))
+        print(
+            f"LID probe accuracy {summary['probe_lid_accuracy']:.3f} "
+            f"(random-init baseline {baseline:.3f}, {summary['probe_lid_accuracy'] - baseline:+.3f})"
+        )
+    if "best" in summary:
+        best = summary["best"]
+        print(f"best checkpoint: {best['checkpoint']} (valid {best['valid_loss_contrastive']:.3f} bits)")
+    print(f"curves:          {plot_run(run_dir, run_dir / 'curves.png')}")
     print(f"checkpoint:      {summary['checkpoint']}")
     print(f"W&B offline run: {summary['wandb_dir']}  (upload with `wandb sync`)")
     print(f"metrics:         {run_dir / 'metrics.jsonl'}")
     print(f"summary:         {run_dir / 'summary.json'}")
-    return 0
