@@ -6,7 +6,9 @@ The entry points are `shard(ShardJob(...)) -> ShardResult` and `stats(index_path
 - `manifest`: find the audio files of a corpus (directory tree, TSV/JSONL manifest, Common Voice, MLS,
   VoxPopuli) as `SourceRecord`s.
 - `audio`: decode, downmix and resample one source file, or say why it is unusable (`AudioError.reason`).
+- `split`: which speakers or recordings of each stream are held out for validation (`--valid-seconds`).
 - `writer`: plan shards deterministically, write them (in parallel, resumably) and merge the index.
+- `samples`: what one decoded file becomes in a tar (keys, segments, members).
 - `hours`: hours per stream, upsampling table and plot from an index.
 - `synthetic`: a small, speech-like multilingual demo corpus.
 - `layouts`: XLS-R-shaped shard sets without real audio (loader tests and sampling benchmarks).

@@ -9,14 +9,22 @@ these functions and decide what to print.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharding.hours import format_hours_table, format_realised_table, plot_hours, stream_hours
+from sharding.hours import (
+    format_hours_table,
+    format_realised_table,
+    format_split_table,
+    plot_hours,
+    stream_hours,
+)
 from sharding.manifest import SourceRecord, load_records
-from sharding.writer import SKIPPED_NAME, ShardWriterConfig, read_skipped, write_shards
+from sharding.split import VALID_DIR, split_records
+from sharding.writer import SKIPPED_NAME, ShardWriterConfig, read_skipped, with_durations, write_shards
 from xlsr.data.shard_format import INDEX_NAME, escape_path, read_index
 from xlsr.data.upsampling import upsampling_probabilities
 from xlsr.process import UserError
@@ -49,6 +57,8 @@ class ShardJob:
     language_alpha: float = 0.5  # for the hours table only
     corpus_alpha: float = 0.5
     progress: bool = True
+    # Seconds per (corpus, language) held out into OUT/valid/ (sharding.split); 0: no held-out set.
+    valid_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -57,6 +67,12 @@ class ShardJob:
             raise ShardError(
                 f"task_index must lie in [0, num_tasks), got task {self.task_index} of {self.num_tasks}"
             )
+        if isinstance(self.valid_seconds, bool) or not (
+            isinstance(self.valid_seconds, int | float) and math.isfinite(self.valid_seconds)
+        ):
+            raise ShardError(f"valid_seconds must be a finite number of seconds, got {self.valid_seconds!r}")
+        if self.valid_seconds < 0:
+            raise ShardError(f"valid_seconds must be >= 0 (0: no held-out set), got {self.valid_seconds}")
         self.writer_config()  # checks the output settings
 
     def writer_config(self) -> ShardWriterConfig:
@@ -76,6 +92,11 @@ class ShardJob:
 
     def resolved_layout(self) -> str:
         return self.layout or ("manifest" if self.input.is_file() else "dir")
+
+    def split_root(self) -> Path:
+        """What held-out recordings' paths are taken relative to: the input directory, or the
+        manifest's directory (the one its relative paths are resolved against)."""
+        return self.input if self.input.is_dir() else self.input.parent
 
 
 @dataclass(frozen=True)
@@ -100,10 +121,15 @@ class ShardResult:
     index: dict[str, Any] | None = None
     task: TaskShare | None = None
     skipped: tuple[dict[str, str], ...] = ()  # rows of skipped.tsv (complete runs only)
+    valid_index: dict[str, Any] | None = None  # OUT/valid/index.json, for a complete run that held out
 
     @property
     def index_path(self) -> Path:
         return self.job.out_dir / INDEX_NAME
+
+    @property
+    def valid_index_path(self) -> Path:
+        return self.job.out_dir / VALID_DIR / INDEX_NAME
 
     def sources_line(self) -> str:
         return f"{self.source_files} source files from {escape_path(self.job.input)} (layout {self.layout})"
@@ -120,7 +146,25 @@ class ShardResult:
             )
         assert self.index is not None
         index = escape_path(self.index_path)
-        return "\n".join([*self._totals_lines(), *self._skipped_lines(), f"index: {index}"])
+        lines = [*self._totals_lines(), *self._skipped_lines(), *self._valid_lines(), f"index: {index}"]
+        return "\n".join(lines)
+
+    def _valid_lines(self) -> list[str]:
+        """The held-out set: its size, training against held-out audio per stream, its skipped files."""
+        valid, index = self.valid_index, self.index
+        if valid is None or index is None:
+            return []
+        totals, count = valid["totals"], valid["skipped"]["count"]
+        path = escape_path(self.valid_index_path)
+        lines = [
+            f"held out (--valid-seconds {self.job.valid_seconds:g}): {totals['samples']} samples, "
+            f"{totals['seconds']:.1f} s in {len(valid['shards'])} shard(s) -> {path}",
+            format_split_table(index, valid),
+        ]
+        if count:
+            tsv = escape_path(self.job.out_dir / VALID_DIR / SKIPPED_NAME)
+            lines.append(f"held out but skipped: {count} files -> {tsv}")
+        return lines
 
     def _totals_lines(self) -> list[str]:
         index, job = self.index, self.job
@@ -191,8 +235,12 @@ def shard(job: ShardJob) -> ShardResult:
     check_input(job)
     check_output_dir(job)
     records = load_job_records(job)
-    written = write_shards(records, job.writer_config(), job.task_index, job.num_tasks, job.progress)
     base = {"job": job, "layout": job.resolved_layout(), "source_files": len(records)}
+    valid = None
+    if job.valid_seconds > 0:
+        records, valid = held_out_split(records, job)
+    cfg = job.writer_config()
+    written = write_shards(records, cfg, job.task_index, job.num_tasks, job.progress, valid_records=valid)
     if job.num_tasks > 1:
         task = TaskShare(
             task_index=job.task_index,
@@ -203,7 +251,23 @@ def shard(job: ShardJob) -> ShardResult:
             already_complete=written["already_complete"],
         )
         return ShardResult(**base, task=task)
-    return ShardResult(**base, index=written, skipped=tuple(read_skipped(job.out_dir)))
+    valid_index = read_index(job.out_dir / VALID_DIR).data if valid is not None else None
+    skipped = tuple(read_skipped(job.out_dir))
+    return ShardResult(**base, index=written, skipped=skipped, valid_index=valid_index)
+
+
+def held_out_split(
+    records: list[SourceRecord], job: ShardJob
+) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """(training records, held-out records) by the rule of `sharding.split`; the durations are read
+    here (from headers where the layout has none), once, and the plan reuses them."""
+    if any(record.corpus == VALID_DIR for record in records):
+        raise ShardError(
+            f"a corpus named '{VALID_DIR}' cannot be sharded with a held-out set "
+            f"(OUT/{VALID_DIR}/ holds that set): choose another --corpus"
+        )
+    train, valid, _ = split_records(with_durations(records), job.valid_seconds, job.split_root())
+    return train, valid
 
 
 @dataclass(frozen=True)
@@ -216,6 +280,9 @@ class StatsResult:
     probabilities: dict[tuple[str, str], float] = field(default_factory=dict)  # empty without audio
     table: str = ""
     plot: Path | None = None
+    valid_index_path: Path | None = None  # the held-out set next to the index (OUT/valid/index.json)
+    valid_index: dict[str, Any] | None = None
+    split_table: str = ""  # training against held-out audio per stream, when there is a held-out set
 
 
 def stats(
@@ -225,8 +292,11 @@ def stats(
     plot: str | os.PathLike | None = None,
 ) -> StatsResult:
     """Hours per stream before and after upsampling; with `plot`, also a bar chart written there
-    (nothing is plotted for an index without shards)."""
+    (nothing is plotted for an index without shards). A held-out set next to the index
+    (`OUT/valid/index.json`, `xlsr shard --valid-seconds`) is read too, and compared per stream."""
     index = read_index(index_path)
+    valid_path = index.path.parent / VALID_DIR / INDEX_NAME
+    valid = read_index(valid_path) if valid_path.is_file() else None
     hours = stream_hours(index.data)
     try:
         table = format_hours_table(index.data, language_alpha, corpus_alpha)
@@ -240,7 +310,12 @@ def stats(
             written = plot_hours(index.data, plot, language_alpha, corpus_alpha)
         except OSError as exc:  # name the plot, not the temporary file next to it
             raise ShardError(f"cannot write the plot {escape_path(plot)}: {_os_reason(exc, plot)}") from None
-    return StatsResult(index.path, index.data, hours, probabilities, table, written)
+    if valid is None:
+        return StatsResult(index.path, index.data, hours, probabilities, table, written)
+    split_table = format_split_table(index.data, valid.data)
+    return StatsResult(
+        index.path, index.data, hours, probabilities, table, written, valid.path, valid.data, split_table
+    )
 
 
 SUMMARY_NAME = "summary.json"

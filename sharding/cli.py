@@ -1,6 +1,6 @@
 """`xlsr shard` and `xlsr stats`: argument builders and runners that the main CLI mounts.
 
-    xlsr shard INPUT OUT_DIR [--layout ...] [--workers N] [--shard-size 1GB] ...
+    xlsr shard INPUT OUT_DIR [--layout ...] [--workers N] [--shard-size 1GB] [--valid-seconds S] ...
     xlsr stats OUT_DIR/index.json [--alpha 0.5] [--corpus-alpha 0.5] [--plot hours.png]
     xlsr stats --run RUN_DIR          # what a finished run drew per language, against the target
 
@@ -63,6 +63,13 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--min-seconds", type=float, default=0.25, help="skip shorter files (default 0.25)")
     parser.add_argument("--drop-silent", action="store_true", help="skip files whose peak is below 1e-4")
     parser.add_argument("--seed", type=int, default=0, help="seed of the in-stream shuffle (default 0)")
+    parser.add_argument(
+        "--valid-seconds",
+        type=float,
+        default=0.0,
+        help="hold out about this many seconds per (corpus, language) for validation, by speaker where "
+        "known, else by recording, into OUT_DIR/valid/index.json (default 0: none)",
+    )
     parser.add_argument("--task-index", type=int, default=0, help="this task's index in [0, --num-tasks)")
     parser.add_argument("--num-tasks", type=int, default=1, help="split the shards over this many tasks")
     parser.add_argument("--alpha", type=float, default=0.5, help="language upsampling alpha for the table")
@@ -92,6 +99,7 @@ def shard_job_from_args(args: argparse.Namespace) -> ShardJob:
         language_alpha=args.alpha,
         corpus_alpha=args.corpus_alpha,
         progress=not args.no_progress,
+        valid_seconds=args.valid_seconds,
     )
 
 
@@ -157,6 +165,9 @@ def run_stats(args: argparse.Namespace) -> int:
     except (ShardError, ShardIndexError, OSError) as exc:
         return _error(str(exc))
     print(result.table)
+    if result.valid_index_path is not None:
+        print(f"\nheld-out set: {escape_path(result.valid_index_path)}")
+        print(result.split_table)
     if result.plot is not None:
         print(f"plot: {escape_path(result.plot)}")
     elif plot is None:

@@ -88,3 +88,22 @@ def format_realised_table(streams: list[dict[str, Any]]) -> str:
     utterances = sum(row["utterances"] for row in streams)
     lines.append(f"{'total':<24}{100.0:>9.2f}%{100.0:>11.2f}%{'':>7}{hours:>11.3f}{utterances:>12}")
     return "\n".join(lines)
+
+
+def format_split_table(train: dict[str, Any], valid: dict[str, Any]) -> str:
+    """Training hours against held-out seconds per stream, for a set sharded with a held-out part."""
+    train_hours, valid_hours = stream_hours(train), stream_hours(valid)
+    header = f"{'corpus':<14}{'language':<10}{'train h':>10}{'valid h':>10}{'valid s':>10}{'valid %':>9}"
+    lines = ["training and held-out (valid) audio per stream", header, "-" * len(header)]
+    for corpus, language in sorted(set(train_hours) | set(valid_hours)):
+        kept, held = train_hours.get((corpus, language), 0.0), valid_hours.get((corpus, language), 0.0)
+        lines.append(f"{corpus:<14}{language:<10}" + _split_columns(kept, held))
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<24}" + _split_columns(sum(train_hours.values()), sum(valid_hours.values())))
+    return "\n".join(lines)
+
+
+def _split_columns(kept: float, held: float) -> str:
+    share = 100 * held / (kept + held) if kept + held > 0 else 0.0
+    note = "  (no training audio)" if kept <= 0 else "  (nothing held out)" if held <= 0 else ""
+    return f"{kept:>10.3f}{held:>10.3f}{3600 * held:>10.1f}{share:>8.1f}%{note}"

@@ -13,10 +13,12 @@ Design, in the order things happen:
    `shard-NNNNNN.json` (counts and skipped files), then renames the tar. A shard is complete when its
    sidecar carries the plan's fingerprint and its tar exists (or it has no samples, when every input
    was bad). A rerun skips complete shards and rewrites the rest.
-4. **Index.** `build_index` merges the sidecars into `index.json` and `skipped.tsv`.
+4. **Index.** `build_index` merges the sidecars into `index.json` and `skipped.tsv`. A held-out set
+   (records chosen by `sharding.split`) is planned after the training shards, under `valid/`, and
+   gets its own `valid/index.json`; tasks share its shards like any others.
 
 Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16) and `<key>.json`
-(`xlsr.data.shard_format`). Tars are byte-identical across runs: fixed member order, mtime 0,
+(`sharding.samples`). Tars are byte-identical across runs: fixed member order, mtime 0,
 deterministic FLAC encoding.
 
 Any file name the OS allows works: files are opened by their OS-level bytes, keys are ASCII (a hash of
@@ -43,17 +45,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from sharding.audio import AudioError, DecodedAudio, decode_file, os_path
+from sharding.audio import AudioError, decode_file, os_path
 from sharding.manifest import SourceRecord, check_name
+from sharding.samples import tar_samples
+from sharding.split import VALID_DIR
 from xlsr.data.shard_format import (
     AUDIO_FORMATS,
-    AUDIO_MEMBER_EXTENSION,
+    INDEX_NAME,
     INDEX_VERSION,
-    META_MEMBER_EXTENSION,
     escape_path,
     make_index,
     shard_entry,
@@ -124,10 +126,12 @@ class PlannedShard:
     language: str
     number: int  # position within its stream; names the file
     items: tuple[PlannedItem, ...]
+    subset: str = ""  # "" for training, VALID_DIR for the held-out set (its own directory and index)
 
     @property
     def rel_path(self) -> str:
-        return f"{self.corpus}/{self.language}/shard-{self.number:06d}.tar"
+        prefix = f"{self.subset}/" if self.subset else ""
+        return f"{prefix}{self.corpus}/{self.language}/shard-{self.number:06d}.tar"
 
     def fingerprint(self, cfg: ShardWriterConfig) -> str:
         content = {
@@ -142,16 +146,22 @@ class PlannedShard:
 # Planning
 
 
-def plan_shards(records: Sequence[SourceRecord], cfg: ShardWriterConfig) -> list[PlannedShard]:
-    """Deterministic shard plan for all streams, streams in sorted (corpus, language) order."""
-    streams: dict[tuple[str, str], list[SourceRecord]] = defaultdict(list)
-    for record in with_durations(records):
-        streams[(record.corpus, record.language)].append(record)
+def plan_shards(
+    records: Sequence[SourceRecord],
+    cfg: ShardWriterConfig,
+    valid_records: Sequence[SourceRecord] = (),
+) -> list[PlannedShard]:
+    """Deterministic shard plan for all streams, streams in sorted (corpus, language) order; the
+    held-out set's shards (`valid_records`, see `sharding.split`) follow the training shards."""
     shards: list[PlannedShard] = []
-    for corpus, language in sorted(streams):
-        items = _order_stream(streams[(corpus, language)], cfg.seed, f"{corpus}/{language}")
-        for number, group in enumerate(_pack(items, cfg)):
-            shards.append(PlannedShard(len(shards), corpus, language, number, tuple(group)))
+    for subset, subset_records in (("", records), (VALID_DIR, valid_records)):
+        streams: dict[tuple[str, str], list[SourceRecord]] = defaultdict(list)
+        for record in with_durations(subset_records):
+            streams[(record.corpus, record.language)].append(record)
+        for corpus, language in sorted(streams):
+            items = _order_stream(streams[(corpus, language)], cfg.seed, f"{corpus}/{language}")
+            for number, group in enumerate(_pack(items, cfg)):
+                shards.append(PlannedShard(len(shards), corpus, language, number, tuple(group), subset))
     return shards
 
 
@@ -267,7 +277,7 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
             except AudioError as exc:
                 skipped.append(_skip(record, exc.reason, str(exc).removeprefix(f"{record.path}: ")))
                 continue
-            for sample, length in _tar_samples(record, decoded, cfg):
+            for sample, length in tar_samples(record, decoded, cfg.max_seconds, cfg.audio_format):
                 tar.write(sample)
                 samples += 1
                 audio_samples += length
@@ -322,70 +332,6 @@ def _skip(record: SourceRecord, reason: str, detail: str) -> dict[str, str]:
     return {"path": escape_path(record.path), "reason": reason, "detail": escape_path(detail)}
 
 
-def sample_key(record: SourceRecord, segment: int) -> str:
-    """`<corpus>_<language>_<16 hex of sha1(path bytes)>_<segment>`: stable, unique per file and segment,
-    ASCII whatever the file name, dot-free (WebDataset splits member names at the first dot). The
-    bytes are the name as the OS sees it: the UTF-8 of the path for every UTF-8 name."""
-    digest = hashlib.sha1(os_path(record.path)).hexdigest()[:16]
-    return f"{record.corpus}_{record.language}_{digest}_{segment:04d}"
-
-
-def split_segments(samples: np.ndarray, sample_rate: int, max_seconds: float | None) -> list[np.ndarray]:
-    """Cut into the fewest equal consecutive pieces of at most `max_seconds`.
-
-    Equal pieces rather than fixed-length ones plus a remainder: no audio is dropped and no tiny tail
-    segment is produced (every piece of a split recording is longer than max_seconds / 2).
-    """
-    if not max_seconds:
-        return [samples]
-    max_len = max(1, int(max_seconds * sample_rate))
-    pieces = math.ceil(len(samples) / max_len)
-    return np.array_split(samples, pieces) if pieces > 1 else [samples]
-
-
-def _tar_samples(
-    record: SourceRecord, decoded: DecodedAudio, cfg: ShardWriterConfig
-) -> Iterator[tuple[dict[str, Any], int]]:
-    """WebDataset samples (dicts of member extension -> bytes) and their lengths in audio samples."""
-    offset = 0
-    for index, segment in enumerate(split_segments(decoded.samples, cfg.sample_rate, cfg.max_seconds)):
-        key = sample_key(record, index)
-        extension, audio = encode_audio(segment, cfg.sample_rate, cfg.audio_format)
-        meta = {
-            "key": key,
-            "language": record.language,
-            "corpus": record.corpus,
-            "source": escape_path(record.path),
-            "speaker": record.speaker,
-            "segment": index,
-            "offset": offset / cfg.sample_rate,
-            "num_samples": len(segment),
-            "duration": len(segment) / cfg.sample_rate,
-            "sample_rate": cfg.sample_rate,
-            "source_sample_rate": decoded.source_sample_rate,
-            "source_channels": decoded.source_channels,
-        }
-        offset += len(segment)
-        yield (
-            {
-                "__key__": key,
-                extension: audio,
-                META_MEMBER_EXTENSION: json.dumps(meta, sort_keys=True).encode(),
-            },
-            len(segment),
-        )
-
-
-def encode_audio(samples: np.ndarray, sample_rate: int, audio_format: str) -> tuple[str, bytes]:
-    """(member extension, bytes). Clipping first: libsndfile wraps, not clips, out-of-range floats."""
-    clipped = np.clip(samples, -1.0, 1.0)
-    if audio_format == "int16":
-        return AUDIO_MEMBER_EXTENSION["int16"], np.round(clipped * 32767.0).astype("<i2").tobytes()
-    buffer = io.BytesIO()
-    sf.write(buffer, clipped, sample_rate, format="FLAC", subtype="PCM_16")
-    return AUDIO_MEMBER_EXTENSION["flac"], buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------------
 # Running the plan
 
@@ -396,22 +342,24 @@ def write_shards(
     task_index: int = 0,
     num_tasks: int = 1,
     progress: bool = True,
+    valid_records: Sequence[SourceRecord] | None = None,
 ) -> dict[str, Any]:
     """Write this task's share of the planned shards; with one task, also build and return the index.
 
+    `valid_records` (None: no held-out set) go to `OUT/valid/` with their own index (`build_index`).
     With `num_tasks > 1` (a SLURM array), returns a summary of this task's work; run once more with
     `num_tasks=1` afterwards (it finds every shard complete) or call `build_index` to merge.
     """
-    if not records:
+    if not records and not valid_records:
         raise ValueError("no audio records to shard")
     if not 0 <= task_index < num_tasks:
         raise ValueError(f"task_index must lie in [0, {num_tasks}), got {task_index}")
-    for record in records:
+    for record in (*records, *(valid_records or ())):
         check_name(record.corpus, "corpus", record.path)
         check_name(record.language, "language", record.path)
-    shards = plan_shards(records, cfg)
+    shards = plan_shards(records, cfg, valid_records or ())
     make_dirs(cfg.out_dir)
-    _write_plan(cfg, shards)
+    _write_plan(cfg, shards, held_out=valid_records is not None)
     mine = [s for s in shards if s.ordinal % num_tasks == task_index]
     todo = [s for s in mine if not is_complete(s, cfg)]
     _run(todo, cfg, progress)
@@ -429,14 +377,23 @@ def write_shards(
     }
 
 
-def _write_plan(cfg: ShardWriterConfig, shards: list[PlannedShard]) -> None:
-    """The full plan, so `build_index` knows which shards must exist (and ignores stale ones)."""
+def _write_plan(cfg: ShardWriterConfig, shards: list[PlannedShard], held_out: bool) -> None:
+    """The full plan, so `build_index` knows which shards must exist (and ignores stale ones), and
+    whether the set has a held-out part."""
     plan = {
         "version": INDEX_VERSION,
         "settings": cfg.output_settings(),
         "seed": cfg.seed,
         "shard_size_bytes": cfg.shard_size_bytes,
-        "shards": [{"path": s.rel_path, "fingerprint": s.fingerprint(cfg)} for s in shards],
+        "held_out": held_out,
+        "shards": [
+            {
+                "path": s.rel_path,
+                "fingerprint": s.fingerprint(cfg),
+                **({"subset": s.subset} if s.subset else {}),
+            }
+            for s in shards
+        ],
     }
     atomic_write_text(cfg.out_dir / PLAN_NAME, json.dumps(plan, indent=1) + "\n")
 
@@ -470,23 +427,43 @@ def _init_worker() -> None:
 
 
 def build_index(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Merge the shard sidecars into `OUT/index.json` and `OUT/skipped.tsv`; return the index.
+    """Merge the shard sidecars into `OUT/index.json` and `OUT/skipped.tsv`; return that index.
 
-    Raises RuntimeError when a planned shard is missing or incomplete (e.g. an array task failed).
+    A set with a held-out part also gets `OUT/valid/index.json` and `OUT/valid/skipped.tsv` (shard
+    paths relative to `OUT/valid`); a set without one loses a `OUT/valid/index.json` left by an
+    earlier run, whose audio now trains. Raises RuntimeError when a planned shard is missing or
+    incomplete (e.g. an array task failed).
     """
     out_dir = Path(out_dir)
-    sidecars, settings = _collect_sidecars(out_dir)
+    subsets, settings, held_out = _collect_sidecars(out_dir)
+    valid_dir = out_dir / VALID_DIR
+    if held_out:
+        make_dirs(valid_dir)
+        _publish_index(valid_dir, subsets.get(VALID_DIR, []), settings, f"{VALID_DIR}/")
+    elif (valid_dir / INDEX_NAME).is_file():
+        (valid_dir / INDEX_NAME).unlink()
+        fsync_dir(valid_dir)
+    # The training index last: it marks the set complete.
+    return _publish_index(out_dir, subsets.get("", []), settings, "")
+
+
+def _publish_index(
+    directory: Path, sidecars: list[dict[str, Any]], settings: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    """Write `directory/skipped.tsv`, then `directory/index.json` (shard paths without `prefix`)."""
     shards = sorted((s for s in sidecars if s["samples"] > 0), key=lambda s: s["path"])
     skipped = sorted(
         ({**row, "corpus": s["corpus"], "language": s["language"]} for s in sidecars for row in s["skipped"]),
         key=lambda row: (row["path"], row["corpus"], row["language"]),
     )
+    entries = [
+        shard_entry(s["path"].removeprefix(prefix), s["corpus"], s["language"], s["samples"], _seconds(s))
+        for s in shards
+    ]
     index = make_index(
         sample_rate=settings["sample_rate"],
         audio_format=settings["audio_format"],
-        shards=[
-            shard_entry(s["path"], s["corpus"], s["language"], s["samples"], _seconds(s)) for s in shards
-        ],
+        shards=entries,
         totals=_totals(shards),
         skipped={
             "count": len(skipped),
@@ -494,13 +471,14 @@ def build_index(out_dir: str | os.PathLike) -> dict[str, Any]:
         },
     )
     # The index last: it marks the set complete, so skipped.tsv is never older than it.
-    atomic_write_text(out_dir / SKIPPED_NAME, _skipped_tsv(skipped))
-    write_index(out_dir, index)
+    atomic_write_text(directory / SKIPPED_NAME, _skipped_tsv(skipped))
+    write_index(directory, index)
     return index
 
 
-def _collect_sidecars(out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Sidecars of the planned shards (all sidecars if there is no plan) and the output settings."""
+def _collect_sidecars(out_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], bool]:
+    """Sidecars of the planned shards by subset ("" or VALID_DIR; all sidecars, as training, if there
+    is no plan), the output settings, and whether the plan has a held-out part."""
     plan = _read_json(out_dir / PLAN_NAME)
     if plan is None:
         sidecars = [_read_json(p) for p in sorted(out_dir.glob("*/*/shard-*.json"))]
@@ -511,15 +489,16 @@ def _collect_sidecars(out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, An
         if len(formats) > 1:
             raise RuntimeError(f"{out_dir}: shards disagree on sample rate/format: {sorted(formats)}")
         rate, audio_format = formats.pop()
-        return sidecars, {"sample_rate": rate, "audio_format": audio_format}
-    sidecars, incomplete = [], []
+        return {"": sidecars}, {"sample_rate": rate, "audio_format": audio_format}, False
+    subsets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    incomplete = []
     for entry in plan["shards"]:
         paths = _ShardPaths.of(out_dir, entry["path"])
         sidecar = _read_json(paths.sidecar)
         ok = sidecar is not None and sidecar.get("fingerprint") == entry["fingerprint"]
         ok = ok and not _predates_byte_names(sidecar)
         if ok and (sidecar["samples"] == 0 or paths.tar.is_file()):
-            sidecars.append(sidecar)
+            subsets[entry.get("subset", "")].append(sidecar)
         else:
             incomplete.append(entry["path"])
     if incomplete:
@@ -528,7 +507,7 @@ def _collect_sidecars(out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, An
             f"{out_dir}: {len(incomplete)} planned shard(s) missing or incomplete: {listed}; "
             "rerun the same `xlsr shard` command to finish them"
         )
-    return sidecars, plan["settings"]
+    return dict(subsets), plan["settings"], bool(plan.get("held_out", False))
 
 
 def _seconds(sidecar: dict[str, Any]) -> float:

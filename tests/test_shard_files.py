@@ -20,7 +20,8 @@ from sharding.manifest import (
     SourceRecord,
     scan_directory,
 )
-from sharding.writer import build_index, read_skipped, sample_key, write_shards
+from sharding.samples import sample_key
+from sharding.writer import build_index, read_skipped, write_shards
 from xlsr.data.shard_format import (
     escape_path,
     unescape_path,

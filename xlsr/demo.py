@@ -25,7 +25,7 @@ from xlsr.evaluation.plot import plot_run
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # Held out per language by `xlsr shard --valid-seconds` (scaled with --corpus-scale).
-VALID_SECONDS = 30.0
+VALID_SECONDS = 20.0
 # configs/tiny.yaml, tuned to show learning within minutes on 2 cores: a higher peak LR and 600
 # updates (honest wav2vec 2.0 pretraining: same objective, masks, negatives, quantizer).
 DEMO_OVERRIDES = (
