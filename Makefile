@@ -24,11 +24,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The SLURM tests start a real single-node cluster from Debian's packages (tests/slurm_cluster.py).
-SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+# The SLURM tests start a real two-node cluster (network namespaces) from Debian's packages
+# (tests/slurm_cluster.py).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge iproute2
 
 system-deps:
-	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null; then \
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null && command -v ip >/dev/null; then \
 		:; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		echo "installing $(SLURM_PACKAGES) (apt): the SLURM tests run a real local cluster"; \

@@ -1,50 +1,31 @@
-"""`xlsr launch slurm` and `xlsr shard --slurm` against a real SLURM cluster, not a mock.
+"""`xlsr launch slurm` and `xlsr shard --slurm` before anything trains, against a real SLURM cluster.
 
-The session fixture starts slurmctld + slurmd (+ munged) on loopback with their config and state in
-a temporary directory (tests/slurm_cluster.py) and stops them afterwards. Needs root and the Debian
-packages `slurmctld slurmd slurm-client munge` (`make system-deps`); without them the cluster tests
-fail with that instruction instead of being skipped. The first tests need no cluster: `--dry-run`
-output and the checks that run before anything is submitted.
+The first tests need no cluster: `--dry-run` output and the checks that run before anything is
+submitted. The others use the session's two-node cluster (tests/slurm_fixtures.py starts
+tests/slurm_cluster.py in a temporary directory): requests checked against its partitions, and
+`xlsr launch status` of a job that cannot start. Needs root and the Debian packages `slurmctld
+slurmd slurm-client munge` (`make system-deps`); without them the cluster tests fail with that
+instruction instead of being skipped. Training jobs: tests/test_slurm_training.py.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import dataclasses
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import ClusterError, LocalSlurmCluster, missing_requirements
+from slurm_jobs import CPU_TASKS, run_xlsr, scontrol_job, wait_for
 
 from launchers.slurm.cli import parse_mem_gb, parse_time
 from launchers.slurm.job import requeue_decision, train_run_dir
+from launchers.slurm.resources import Request, impossible_request, parse_partitions
 from xlsr.cli import main as xlsr_main
 from xlsr.config import load_config, to_dict
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
-COMPARED = ("loss", "loss_contrastive", "accuracy", "prob_perplexity", "code_perplexity", "lr")
-# 2 tasks of 1 CPU each: the whole 2-core machine of CI.
-RESOURCES = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "20"]
-
-
-def train_overrides(index: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"run_dir={run_dir}",
-        f"data.train=[{index}]",
-        "optim.max_update=30",
-        "logging.interval=5",
-        "logging.progress=false",
-        "checkpoint.interval_updates=10",
-        *extra,
-    ]
-
+pytest_plugins = ["slurm_fixtures"]  # the session's cluster: fixtures `slurm`, `env`
 
 # --------------------------------------------------------------------------------------------------
 # Without a cluster: parsing, dry runs, validation
@@ -77,6 +58,28 @@ def test_requeue_decision():
     assert not capped and "max_requeues=3" in why and "submit the same command again" in why
     # scancel / scontrol requeue / preemption: SLURM is already ending the job, we do not interfere
     assert not requeue_decision("COMPLETING", 0, 3)[0]
+
+
+def test_partition_shapes_from_sinfo_and_requests_that_never_fit():
+    """GPU partitions, which the local cluster does not have: sinfo's GRES and limits, parsed."""
+    sinfo = "\n".join(
+        [
+            "gpu*|g01|96|1000000|gpu:a100:8(S:0-1)|3-00:00:00|1-16",
+            "gpu*|g02|96|1000000|gpu:a100:8(S:0,1)|3-00:00:00|1-16",
+            "gpu*|g03|48|500000|gpu:4|3-00:00:00|1-16",
+            "cpu|c01|128|256000|(null)|infinite|1-infinite",
+        ]
+    )
+    gpu, cpu = parse_partitions(sinfo)["gpu"], parse_partitions(sinfo)["cpu"]
+    assert gpu.default and gpu.max_time_min == 3 * 1440 and gpu.max_nodes == 16
+    assert [node.gpus for node in gpu.nodes] == [8, 8, 4] and cpu.max_time_min is None
+    fits = Request(nodes=2, tasks_per_node=8, cpus_per_task=10, gpus_per_node=8, mem_gb=900, time_min=4320)
+    assert impossible_request(fits, gpu) is None
+    three = dataclasses.replace(fits, nodes=3)  # only two nodes have 8 GPUs and 80 CPUs
+    assert impossible_request(three, gpu).startswith("--nodes 3: only 2 node(s) of partition 'gpu' have 80")
+    assert "at most 8 GPU(s)" in impossible_request(dataclasses.replace(fits, gpus_per_node=16), gpu)
+    assert "has no GPUs" in impossible_request(dataclasses.replace(fits, nodes=1), cpu)
+    assert "at most 4320 minutes" in impossible_request(dataclasses.replace(fits, time_min=4321), gpu)
 
 
 def test_job_with_a_config_that_does_not_load_fails_in_one_line(tmp_path, caplog):
@@ -131,7 +134,7 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, tmp_path
     out, err = capsys.readouterr()
     assert code == 0, err
     assert not run_dir.exists()  # nothing written
-    assert "partition not checked" in err
+    assert "partition and resources not checked" in err
     for line in (
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=8",  # one task per GPU
@@ -206,229 +209,81 @@ def test_shard_array_dry_run(no_slurm, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
-# A real cluster
+# On the real cluster, before anything runs: checks against the partitions, and `status` of a
+# pending job. Training jobs: tests/test_slurm_training.py.
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    problem = missing_requirements()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        cluster.stop()
-        pytest.fail(f"could not start the local SLURM cluster: {exc}", pytrace=False)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def env(slurm) -> dict[str, str]:
-    return {**slurm.env, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-
-
-def run_xlsr(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "xlsr", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-
-
-def submit(env: dict[str, str], *args: str) -> str:
-    result = run_xlsr(env, "launch", "slurm", "--config", "configs/tiny.yaml", *RESOURCES, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    match = re.search(r"submitted job (\d+)", result.stdout)
-    assert match, result.stdout
-    return match[1]
-
-
-def scontrol_job(env: dict[str, str], job_id: str) -> dict[str, str]:
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True
-    ).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
-
-
-def wait_for(condition, timeout_s: float, what: str, detail=lambda: "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{detail()}")
-        time.sleep(0.5)
-
-
-def logs(run_dir: Path, job_id: str, rank: int = 0) -> str:
-    parts = []
-    for suffix in ("out", "err"):
-        path = run_dir / "submitit" / f"{job_id}_{rank}_log.{suffix}"
-        parts.append(path.read_text(errors="replace") if path.exists() else f"({path} missing)")
-    return "\n".join(parts)
-
-
-def wait_finished(env, job_id: str, run_dir: Path, timeout_s: float = 240) -> dict[str, str]:
-    wait_for(
-        lambda: scontrol_job(env, job_id).get("JobState") in TERMINAL,
-        timeout_s,
-        f"job {job_id} to end",
-        lambda: f"{scontrol_job(env, job_id)}\n{logs(run_dir, job_id)[-3000:]}",
-    )
-    return scontrol_job(env, job_id)
-
-
-def last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1])["step"] if lines else 0
-
-
-def release_requeued(env, job_id: str, run_dir: Path) -> None:
-    """A requeued job waits ~2 minutes (BeginTime); make it eligible now, as a free node would."""
-    wait_for(
-        lambda: scontrol_job(env, job_id).get("JobState") == "PENDING",
-        120,
-        f"job {job_id} to be requeued",
-        lambda: f"{scontrol_job(env, job_id)}\n{logs(run_dir, job_id)[-3000:]}",
-    )
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=env, check=True)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(env, demo_index, tmp_path_factory) -> tuple[Path, str]:
-    """Scenario 1's job: the tiny config on 2 tasks (gloo), W&B offline, never interrupted."""
-    run_dir = tmp_path_factory.mktemp("slurm_runs") / "whole"
-    job_id = submit(env, *train_overrides(demo_index, run_dir, "logging.wandb_mode=offline"))
-    state = wait_finished(env, job_id, run_dir)
-    assert state["JobState"] == "COMPLETED", logs(run_dir, job_id)
-    return run_dir, job_id
+def launch(env, run_dir: Path, *args: str):
+    return run_xlsr(env, "launch", "slurm", "--config", "configs/tiny.yaml", f"run_dir={run_dir}", *args)
 
 
 def test_unknown_partition_is_refused_before_submitting(env, tmp_path):
-    args = ["--config", "configs/tiny.yaml", f"run_dir={tmp_path}/r", "--partition", "gpuu"]
-    result = run_xlsr(env, "launch", "slurm", *args)
+    result = launch(env, tmp_path / "r", "--partition", "shrot")
     assert result.returncode == 2
-    assert "unknown partition 'gpuu'" in result.stderr
-    assert "partitions on this cluster: debug" in result.stderr
+    assert "unknown partition 'shrot' (did you mean 'short'?)" in result.stderr
+    assert "partitions on this cluster: debug, short" in result.stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_slurm_job_trains_on_two_tasks_and_saves(uninterrupted, env):
-    """Scenario 1: submitted with 2 tasks, trained with gloo, checkpoint, W&B offline run, logs per rank."""
-    run_dir, job_id = uninterrupted
-    assert (run_dir / "slurm_job_id").read_text().strip() == job_id
-    saved = load_config(run_dir / "config.yaml")
-    assert saved.run_dir == str(run_dir) and saved.launcher.gpus_per_node == 0
-    assert saved.launcher.cpus_per_task == 1 and saved.launcher.time_min == 20
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["step"] == 30
-    assert summary["checkpoint"].endswith("step-00000030") and Path(summary["checkpoint"]).is_dir()
-    rank0 = logs(run_dir, job_id, 0)
-    assert f"SLURM job {job_id}, restart 0, rank 0 of 2" in rank0
-    assert "training" in rank0 and "on 2 rank(s), device cpu" in rank0 and "update 30/30" in rank0
-    assert (run_dir / "submitit" / f"{job_id}_1_log.err").exists()  # one log per rank
-    run_id = (run_dir / "wandb_run_id").read_text().strip()
-    offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(offline) == 1 and list(offline[0].glob("*.wandb")), list((run_dir / "wandb").iterdir())
-    status = run_xlsr(env, "launch", "status", str(run_dir))
-    assert f"job {job_id}: COMPLETED" in status.stdout and "update 30, loss" in status.stdout
+CPU = ["--gpus-per-node", "0"]
+ONE_CPU = [*CPU, "--cpus-per-task", "1"]
 
 
-def test_time_limit_signal_checkpoints_requeues_and_resumes(uninterrupted, env, demo_index, tmp_path):
-    """Scenario 2: USR2 (what SLURM sends before the time limit) → save → rank 0 requeues the job →
-    it resumes from the saved step in the same run directory with the same W&B run id, and ends
-    with the uninterrupted run's losses."""
-    whole, _ = uninterrupted
-    run_dir = tmp_path / "preempted"
-    job_id = submit(env, *train_overrides(demo_index, run_dir, "logging.wandb_mode=offline"))
-    wait_for(lambda: last_step(run_dir) >= 10, 180, "update 10", lambda: logs(run_dir, job_id))
-    subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-    release_requeued(env, job_id, run_dir)
-    state = wait_finished(env, job_id, run_dir)
-    text = logs(run_dir, job_id)
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text
-    assert "got SIGUSR2: saving a checkpoint" in text and "requeueing (restart 1 of at most 20)" in text
-    assert f"SLURM job {job_id}, restart 1, rank 0 of 2, master" in text and f"run dir {run_dir}" in text
-    resumed = re.search(r"resumed from \S+/step-(\d+) at update (\d+)", text)
-    assert resumed and int(resumed[1]) == int(resumed[2]) >= 10, text
-    # the same W&B run, continued: one offline directory per start, all with the stored id
-    run_id = (run_dir / "wandb_run_id").read_text().strip()
-    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and all(run_id in path.name for path in offline), offline
-    # exact resume: every interval not cut by the stop has the uninterrupted run's values
-    stop = int(resumed[1])
-    ours, theirs = metrics(run_dir), metrics(whole)
-    assert [m["step"] for m in ours] == [m["step"] for m in theirs]
-    for a, b in zip(ours, theirs, strict=True):
-        if not a["step"] - 5 < stop < a["step"]:
-            assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["step"]
-    assert ours[-1]["step"] == 30
-
-
-def test_scontrol_requeue_saves_then_requeue_cap_then_resubmit(uninterrupted, env, demo_index, tmp_path):
-    """SIGTERM path: `scontrol requeue` (SLURM signals every process of the job) → the trainer saves
-    at that update and SLURM requeues. Then, with --max-requeues 1 spent, a USR2 saves and the job
-    ends instead of requeueing; submitting the same command again finishes the run.
-
-    W&B is on (offline): SLURM's SIGTERM reaches wandb-core too, and its death must cost nothing but
-    W&B points (MetricsLogger turns W&B off with a warning)."""
-    whole, _ = uninterrupted
-    run_dir = tmp_path / "requeued"
-    args = [
-        *train_overrides(
-            demo_index, run_dir, "logging.wandb_mode=offline", "checkpoint.interval_updates=100"
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        # the default --cpus-per-task 10 on nodes of 2 CPUs: what used to sit PENDING forever
+        (CPU, "--cpus-per-task 10: the nodes of partition 'debug' have at most 2 CPU(s)"),
+        (["--gpus-per-node", "1", "--cpus-per-task", "1"], "--gpus-per-node 1: partition 'debug' has no GPU"),
+        ([*ONE_CPU, "--nodes", "3"], "--nodes 3: partition 'debug' has 2 node(s) for one job"),
+        ([*ONE_CPU, "--partition", "short", "--nodes", "2"], "--nodes 2: partition 'short' has 1 node(s)"),
+        ([*ONE_CPU, "--partition", "short", "--time", "1:00:00"], "--time 60 (minutes): partition 'short'"),
+        ([*ONE_CPU, "--mem", "1T"], "--mem 1024G: the nodes of partition 'debug' have at most"),
+        (
+            [*CPU, "--tasks-per-node", "2", "--cpus-per-task", "2"],
+            "--tasks-per-node 2 × --cpus-per-task 2 = 4 CPUs per node: the nodes of partition 'debug'",
         ),
-        "--max-requeues",
-        "1",
-    ]
-    job_id = submit(env, *args)
-    wait_for(lambda: last_step(run_dir) >= 5, 180, "update 5", lambda: logs(run_dir, job_id))
-    subprocess.run(["scontrol", "requeue", job_id], env=env, check=True)
-    release_requeued(env, job_id, run_dir)
-    wait_for(
-        lambda: "restart 1, rank 0" in logs(run_dir, job_id) and last_step(run_dir) >= 15,
-        180,
-        "the restarted job to pass update 15",
-        lambda: logs(run_dir, job_id),
+    ],
+)
+def test_requests_that_can_never_run_are_refused_in_one_line(env, tmp_path, flags, refusal):
+    """Checked against what sinfo says of the partition's nodes and limits; nothing is submitted."""
+    result = launch(env, tmp_path / "r", *flags)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert refusal in line and "SLURM would leave the job pending forever" in line, line
+    assert not (tmp_path / "r").exists()
+
+
+def test_shard_array_with_more_workers_than_a_node_has_cpus_is_refused(env, tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "en").mkdir(parents=True)
+    result = run_xlsr(
+        env, "shard", str(corpus), str(tmp_path / "out"), "--slurm", "--array", "2", "--workers", "4"
     )
-    subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-    state = wait_finished(env, job_id, run_dir)
-    text = logs(run_dir, job_id)
-    assert "got SIGTERM: saving a checkpoint" in text and "leaving the requeue decision to SLURM" in text
-    first = re.search(r"resumed from \S+/step-(\d+) at update (\d+)", text)
-    assert first and 5 <= int(first[1]) < 15, text  # saved on the signal, not a periodic checkpoint
-    assert "not requeued: the job already restarted 1 time(s), launcher.max_requeues=1" in text
-    assert state["JobState"] == "FAILED" and state["ExitCode"] == f"{75}:0", state
-    # the same command again: accepted for this run directory, resumes and finishes
-    second_id = submit(env, *args)
-    assert second_id != job_id
-    assert wait_finished(env, second_id, run_dir)["JobState"] == "COMPLETED", logs(run_dir, second_id)
-    resumed = re.search(r"resumed from \S+/step-(\d+) at update (\d+)", logs(run_dir, second_id))
-    assert resumed and int(resumed[1]) >= 15
-    assert {k: metrics(run_dir)[-1][k] for k in COMPARED} == {k: metrics(whole)[-1][k] for k in COMPARED}
+    assert result.returncode == 2
+    assert "--workers 4: the nodes of partition 'debug' have at most 2 CPU(s)" in result.stderr
 
 
-def test_shard_job_array_writes_shards_and_a_merged_index(env, demo_index, tmp_path):
-    """Scenario 3: `xlsr shard --slurm --array 3`: 3 array tasks write the shards, then the merge job
-    writes index.json, the same as one process writing everything (conftest's demo_index)."""
-    corpus = demo_index.parent.parent / "corpus"
-    out_dir = tmp_path / "shards"
-    args = ["--corpus", "demo", "--shard-size", "400000", "--workers", "1", "--slurm", "--array", "3"]
-    result = run_xlsr(env, "shard", str(corpus), str(out_dir), *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    ids = re.search(r"submitted array job (\d+) \(3 task\(s\)\) and merge job (\d+)", result.stdout)
-    assert ids, result.stdout
-    array_id, merge_id = ids.groups()
-    state = wait_finished(env, merge_id, out_dir, timeout_s=180)
-    merge_log = (out_dir / "submitit" / f"{merge_id}_0_log.out").read_text()
-    assert state["JobState"] == "COMPLETED", merge_log
-    for task in range(3):
-        assert scontrol_job(env, f"{array_id}_{task}")["JobState"] == "COMPLETED"
-        task_log = (out_dir / "submitit" / f"{array_id}_{task}_0_log.out").read_text()
-        assert f"task {task}/3:" in task_log
-    merged, reference = (json.loads(p.read_text()) for p in (out_dir / "index.json", demo_index))
-    assert merged["shards"] == reference["shards"] and merged["totals"] == reference["totals"]
-    assert len(merged["shards"]) > 3 and "skipped" in merge_log
+def test_status_names_the_reason_of_a_job_that_cannot_start(env, demo_index, tmp_path):
+    """A job held by its user, then one whose request the partition cannot satisfy (as left by an
+    administrator's or a user's `scontrol update`): `xlsr launch status` gives SLURM's reason and
+    what to do. No training runs."""
+    run_dir = tmp_path / "held"
+    args = [f"data.train=[{demo_index}]", *CPU_TASKS, "--sbatch", "hold"]
+    result = launch(env, run_dir, *args)
+    assert result.returncode == 0, result.stderr
+    job_id = (run_dir / "slurm_job_id").read_text().strip()
+    try:
+        status = run_xlsr(env, "launch", "status", str(run_dir)).stdout
+        assert f"job {job_id}: PENDING" in status
+        assert f"pending: Reason=JobHeldUser: held by a user: `scontrol release {job_id}`" in status
+        # scontrol applies both, and exits 1 saying the job cannot run ("Requested partition
+        # configuration not available now"): the state `status` must explain
+        for change in (["update", f"jobid={job_id}", "MinCPUsNode=64"], ["release", job_id]):
+            subprocess.run(["scontrol", *change], env=env, capture_output=True, check=False)
+        wait_for(lambda: scontrol_job(env, job_id).get("Reason") == "PartitionConfig", 30, "PartitionConfig")
+        status = run_xlsr(env, "launch", "status", str(run_dir)).stdout
+        assert "pending: Reason=PartitionConfig: the request does not fit the partition's nodes" in status
+        assert f"scancel {job_id} and submit with resources" in status
+    finally:
+        subprocess.run(["scancel", job_id], env=env, check=False)

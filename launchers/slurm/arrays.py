@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launchers.slurm.cluster import LaunchError, check_partition
+from launchers.slurm.cluster import LaunchError, check_request
 from launchers.slurm.rundir import LOG_DIR
 from launchers.slurm.sbatch import JobResources, SbatchExtras, make_executor, render_sbatch, submission
 from xlsr.data.shard_format import INDEX_NAME
@@ -88,7 +88,6 @@ def plan_shard_array(job: ShardJob, options: ArrayOptions) -> ArrayPlan:
         check_output_dir(job)
     except ShardError as exc:
         raise LaunchError(str(exc)) from None
-    note = check_partition(options.partition, options.dry_run)
     out_dir = job.out_dir.resolve()
     job = dataclasses.replace(job, input=job.input.resolve(), out_dir=out_dir, progress=False)
     array = JobResources(
@@ -105,6 +104,8 @@ def plan_shard_array(job: ShardJob, options: ArrayOptions) -> ArrayPlan:
     # The dependency's id is known once the array is submitted; the dry run shows a placeholder.
     merge_name = f"{options.job_name}-merge"
     merge = dataclasses.replace(array, job_name=merge_name, dependency="afterok:ARRAY_JOB_ID")
+    request = dataclasses.replace(array.request, cpus_flag="--workers")
+    note = check_request(options.partition, request, options.dry_run)
     return ArrayPlan(job, n, out_dir / LOG_DIR, array, merge, (note,) if note else ())
 
 

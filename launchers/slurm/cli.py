@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from launchers.slurm.arrays import ArrayOptions, report_text, submit_shard_array
 from launchers.slurm.cluster import LaunchError
+from launchers.slurm.resources import slurm_minutes
 from launchers.slurm.status import run_status, status_text
 from launchers.slurm.submit import (
     DEFAULT_SIGNAL_DELAY_S,
@@ -38,18 +39,10 @@ if TYPE_CHECKING:
 
 def parse_time(text: str) -> int:
     """SLURM time formats to minutes: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (seconds round up)."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad time {text!r}: use minutes, HH:MM:SS or D-HH:MM:SS")
-    days, a, b, c = match.groups()
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
-        total = int(days) * 1440 + hours * 60 + minutes
-    elif c is not None:  # H:M:S
-        total, seconds = int(a) * 60 + int(b), int(c)
-    else:  # M or M:S
-        total, seconds = int(a), int(b or 0)
-    total += 1 if seconds else 0
+    try:
+        total = slurm_minutes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if total <= 0:
         raise argparse.ArgumentTypeError(f"time must be positive, got {text!r}")
     return total

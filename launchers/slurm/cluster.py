@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import shutil
 import subprocess
 
+from launchers.slurm.resources import SINFO_FORMAT, Partition, Request, impossible_request, parse_partitions
 from xlsr.process import UserError
 
 # A job in one of these states may still write to its run directory.
@@ -42,43 +44,58 @@ class JobInfo:
 
     state: str | None
     restarts: int | None
+    reason: str | None = None  # why it is pending (Resources, Priority, PartitionConfig, ...)
 
 
 def run_slurm_command(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
     """Run a SLURM client command; None when it is not installed or does not answer."""
     if shutil.which(cmd[0]) is None:
         return None
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):
+        return None  # SLURM's clients would retry reading it for 60 s before failing
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
-def available_partitions() -> list[str] | None:
-    """Partition names from `sinfo` (None when sinfo is missing or the controller does not answer)."""
-    result = run_slurm_command(["sinfo", "-h", "-o", "%P"])
+def cluster_partitions() -> dict[str, Partition] | None:
+    """Every partition with its nodes and limits (None when sinfo is missing or the controller does
+    not answer)."""
+    result = run_slurm_command(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
     if result is None or result.returncode != 0:
         return None
-    return sorted({line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip()})
+    return parse_partitions(result.stdout)
 
 
-def check_partition(partition: str | None, dry_run: bool) -> str | None:
-    """Raise for an unknown partition; returns a note when it could not be checked."""
-    partitions = available_partitions()
+def check_request(partition: str | None, request: Request | None, dry_run: bool) -> str | None:
+    """Raise LaunchError for an unknown partition, or a request its nodes and limits can never run
+    (``request`` None: check the partition only). Returns a note when SLURM could not be asked."""
+    partitions = cluster_partitions()
     if partitions is None:
         if not dry_run:
             raise LaunchError(
                 "cannot reach SLURM (`sinfo` is missing or fails): is this a login node, and is "
                 "SLURM_CONF right? Use --dry-run to only print the job, or `xlsr launch local` here."
             )
-        return "partition not checked: sinfo is not available here"
+        return "partition and resources not checked: sinfo is not available here"
     if partition is not None and partition not in partitions:
-        close = difflib.get_close_matches(partition, partitions, n=1)
+        names = sorted(partitions)
+        close = difflib.get_close_matches(partition, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise LaunchError(
-            f"unknown partition '{partition}'{hint}; partitions on this cluster: {', '.join(partitions)}"
+            f"unknown partition '{partition}'{hint}; partitions on this cluster: {', '.join(names)}"
         )
+    chosen = partitions.get(partition) if partition else _default(partitions)
+    problem = impossible_request(request, chosen) if request and chosen else None
+    if problem:
+        raise LaunchError(f"{problem}; SLURM would leave the job pending forever")
     return None
+
+
+def _default(partitions: dict[str, Partition]) -> Partition | None:
+    return next((p for p in partitions.values() if p.default), None)
 
 
 def job_info(job_id: str) -> JobInfo | None:
@@ -88,7 +105,12 @@ def job_info(job_id: str) -> JobInfo | None:
         return None
     state = re.search(r"\bJobState=(\S+)", result.stdout)
     restarts = re.search(r"\bRestarts=(\d+)", result.stdout)
-    return JobInfo(state[1] if state else None, int(restarts[1]) if restarts else None)
+    reason = re.search(r"\bReason=(\S+)", result.stdout)
+    return JobInfo(
+        state[1] if state else None,
+        int(restarts[1]) if restarts else None,
+        reason[1] if reason and reason[1] != "None" else None,
+    )
 
 
 def job_state(job_id: str) -> str | None:

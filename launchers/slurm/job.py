@@ -33,6 +33,11 @@ trainer's collective save (other ranks only log). We therefore take the signals 
    training returns normally: the job completes and is not requeued.
 4. A requeued job keeps its job id, so submitit reloads the same pickled task, which reads the same
    ``config.yaml`` and resumes from the newest complete checkpoint with the same W&B run id.
+
+A rank whose peer is gone (its task was killed, its node died) fails in its next collective: at
+once when the peer's connection closes, after ``distributed.timeout_s`` when it just stops
+answering. It logs one line that says so and names the checkpoint a new submission of the same
+command resumes from, and exits with ``LOST_RANK_EXIT_CODE``; the job ends FAILED (not requeued).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -52,6 +58,13 @@ from launchers.slurm.rundir import config_path, read_saved_config
 from xlsr.process import PREEMPTED_EXIT_CODE, STOP_SIGNALS, USER_ERROR_EXIT_CODE
 
 log = logging.getLogger("xlsr.launch")
+LOST_RANK_EXIT_CODE = 1
+# gloo's and NCCL's words for a peer that is gone (torch raises some of them as plain RuntimeError).
+_LOST_PEER = re.compile(
+    r"Connection (closed|reset) by peer|Broken pipe|Timed out waiting|Socket Timeout|"
+    r"NCCL communicator was aborted|watchdog caught collective operation timeout",
+    re.IGNORECASE,
+)
 
 
 class SignalRouting:
@@ -159,10 +172,12 @@ def _configure_logging(rank: int) -> None:
 
 
 def train_run_dir(run_dir: Path) -> int:
-    """Train on the run directory's saved config; returns the exit code (0, 75, or 2 for a bad config)."""
+    """Train on the run directory's saved config; returns the exit code (0, 75, 2 for a bad config,
+    or ``LOST_RANK_EXIT_CODE`` when another rank of the job is gone)."""
     from xlsr import train
     from xlsr.config import ConfigError
 
+    cfg = None
     try:
         cfg = read_saved_config(run_dir)
         if cfg is None:
@@ -171,6 +186,39 @@ def train_run_dir(run_dir: Path) -> int:
     except ConfigError as exc:
         log.error("cannot train %s: %s", run_dir, exc)
         return USER_ERROR_EXIT_CODE
+    except Exception as exc:
+        if cfg is None or not lost_another_rank(exc):
+            raise
+        log.error("%s", lost_rank_text(exc, cfg.checkpoint_dir))
+        return LOST_RANK_EXIT_CODE
+
+
+def lost_another_rank(exc: BaseException) -> bool:
+    """Whether ``exc``, or what caused it, is a collective or rendezvous that failed because another
+    rank is gone (its task was killed, its node died, the network between them failed)."""
+    import torch.distributed as dist
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, dist.DistError) or _LOST_PEER.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def lost_rank_text(exc: BaseException, checkpoint_dir: Path) -> str:
+    """One line for a rank that lost another one: what happened, and how to continue."""
+    from xlsr.engine.checkpoint_files import complete_checkpoints
+
+    rank, job_id = os.environ.get("RANK", "?"), os.environ.get("SLURM_JOB_ID", "?")
+    saved = complete_checkpoints(checkpoint_dir)
+    resume = f"{saved[-1][1]} (update {saved[-1][0]})" if saved else "none yet: the run starts over"
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"rank {rank} lost contact with another rank of job {job_id} ({cause}): one of its tasks or "
+        "nodes died, or the network between them failed; this job ends. Submit the same command again "
+        f"to resume from the last complete checkpoint: {resume}"
+    )
 
 
 def requeue_decision(state: str | None, restarts: int, max_requeues: int) -> tuple[bool, str]:

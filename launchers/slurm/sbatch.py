@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.slurm.cluster import LaunchError
+from launchers.slurm.resources import Request
 
 # This process's torch.distributed variables must not leak into a job submitted from it.
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -44,6 +45,18 @@ class JobResources:
     dependency: str | None = None
     setup: tuple[str, ...] = ()  # shell lines before srun
     extras: SbatchExtras = ()
+
+    @property
+    def request(self) -> Request:
+        """What each job asks of the partition (checked against its nodes before submitting)."""
+        return Request(
+            nodes=self.nodes,
+            tasks_per_node=self.tasks_per_node,
+            cpus_per_task=self.cpus_per_task,
+            gpus_per_node=self.gpus_per_node,
+            mem_gb=self.mem_gb,
+            time_min=self.time_min,
+        )
 
 
 def sbatch_parameters(resources: JobResources) -> dict[str, Any]:

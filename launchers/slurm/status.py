@@ -11,6 +11,38 @@ from launchers.slurm.cluster import JobInfo, LaunchError, job_info
 from launchers.slurm.rundir import JOB_ID_FILE, log_dir, read_job_id
 
 UNKNOWN_STATE = "unknown to SLURM (finished long ago, or no SLURM here)"
+# Pending reasons that only mean "wait": the job will start once nodes are free or its turn comes.
+WAITING_REASONS = frozenset({"Resources", "Priority", "None"})
+# What to change for the pending reasons a user can act on (SLURM's codes: man squeue, JOB REASON
+# CODES). The job id is filled in for {job}.
+OTHER_REASON = "see `scontrol show job {job}` and SLURM's JOB REASON CODES (man squeue)"
+PENDING_ADVICE = {
+    "PartitionConfig": "the request does not fit the partition's nodes or limits (CPUs, GPUs, memory, "
+    "nodes, time): scancel {job} and submit with resources that `sinfo -N -o '%N %c %m %G %l'` shows",
+    "PartitionNodeLimit": "more nodes than the partition allows: scancel {job} and submit with fewer "
+    "--nodes or another --partition",
+    "PartitionTimeLimit": "--time is above the partition's limit: scancel {job} and submit with a "
+    "shorter --time or another --partition",
+    "PartitionDown": "the partition is down: wait for the administrators, or scancel {job} and submit "
+    "to another --partition",
+    "PartitionInactive": "the partition is inactive: scancel {job} and submit to another --partition",
+    "BadConstraints": "no node has the requested --constraint features: scancel {job} and submit with "
+    "features that `sinfo -o '%N %f'` lists",
+    "ReqNodeNotAvail": "nodes the job needs are down, drained or reserved: check --exclude/--constraint "
+    "and `sinfo -R`; it starts when they return",
+    "InvalidAccount": "the --account is not valid for you: scancel {job} and submit with another --account",
+    "InvalidQOS": "the --qos is not valid for you: scancel {job} and submit with another --qos",
+    "JobHeldUser": "held by a user: `scontrol release {job}` lets it start",
+    "JobHeldAdmin": "held by an administrator: ask them to release it",
+    "DependencyNeverSatisfied": "a job it depends on failed: scancel {job} and submit again",
+    "Dependency": "waiting for the jobs it depends on to finish",
+    "BeginTime": "waiting for its start time (a requeued job waits about 2 minutes before it may start)",
+    "QOS": "a limit of the job's QOS (QOS*): ask for fewer resources or a shorter --time, or use another "
+    "--qos",
+    "Assoc": "a limit of your account (Assoc*): wait for your other jobs to end, or use another --account",
+    "launch_failed_requeued_held": "it failed to start on a node and SLURM held it: read `scontrol show "
+    "job {job}` and the slurmd log, then `scontrol release {job}`",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +86,8 @@ def status_text(status: RunStatus) -> str:
     restarts = status.job.restarts if status.job else None
     requeued = f", requeued {restarts} time(s)" if restarts is not None else ""
     lines = [f"job {status.job_id}: {state}{requeued}"]
+    if status.job is not None and state == "PENDING" and status.job.reason not in WAITING_REASONS:
+        lines.append(pending_text(status.job_id, status.job.reason))
     if status.last_metrics is not None:
         last = status.last_metrics
         lines.append(f"last metrics: update {last['step']}, loss {last['loss']:.4f}")
@@ -64,6 +98,15 @@ def status_text(status: RunStatus) -> str:
         )
     lines.append(paths_text(status.run_dir, status.job_id))
     return "\n".join(lines)
+
+
+def pending_text(job_id: str, reason: str | None) -> str:
+    """SLURM's reason for a pending job that may never start by itself, and what to change."""
+    reason = reason or "unknown"
+    key = reason.split(",")[0]  # 'ReqNodeNotAvail,_UnavailableNodes:node2'
+    key = next((family for family in ("QOS", "Assoc") if key.startswith(family)), key)
+    advice = PENDING_ADVICE.get(key, OTHER_REASON)
+    return f"pending: Reason={reason}: {advice.format(job=job_id)}"
 
 
 def paths_text(run_dir: Path, job_id: str, world_size: int | None = None) -> str:

@@ -12,7 +12,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launchers.slurm.cluster import ACTIVE_STATES, LaunchError, check_partition, job_state
+from launchers.slurm.cluster import ACTIVE_STATES, LaunchError, check_request, job_state
 from launchers.slurm.job import TrainTask
 from launchers.slurm.rundir import (
     CONFIG_FILE,
@@ -98,7 +98,7 @@ def plan_launch(request: LaunchRequest) -> LaunchPlan:
     run_dir = Path(cfg.run_dir)
     resources = job_resources(request, cfg.launcher, run_dir)
     notes = run_dir_notes(cfg, run_dir, request.allow_config_change)
-    note = check_partition(cfg.launcher.partition, request.dry_run)
+    note = check_request(cfg.launcher.partition, resources.request, request.dry_run)
     check_active_job(run_dir)
     return LaunchPlan(cfg, run_dir, resources, tuple(notes + ([note] if note else [])))
 

@@ -33,7 +33,7 @@ WANDB_ID_NAME = "wandb_run_id"
 
 @dataclass
 class TrainResult:
-    status: str  # "finished" or "preempted"
+    status: str  # "finished", "preempted" (stopped by a signal, checkpoint saved) or "failed"
     step: int
     checkpoint: Path | None = None
     wandb_dir: str | None = None

@@ -111,6 +111,9 @@ class Trainer:
             if self.validator is not None and self.state.step == 0:
                 self._validate(reporter)  # the baseline: the model before any update
             self._loop(reporter, result)
+        except BaseException:
+            result.status = "failed"
+            raise
         finally:
             result.step = self.state.step
             reporter.close(result, self._best(), self.streams)
