@@ -43,3 +43,12 @@ test: lint system-deps
 
 clean-demo:
 	rm -rf demo_out
+
+.PHONY: gpu-check gpu-check-dry-run
+# On one H100/H200: every figure only a GPU shows, ~7 min (docs/performance.md#the-gpu-check). No
+# `setup` dependency: the GPU machine has no network (benchmarks/gpu_check_wheels.sh brings the wheels).
+gpu-check:
+	benchmarks/gpu_check.sh --out runs/gpu_check
+gpu-check-dry-run: setup
+	benchmarks/gpu_check.sh --cpu-dry-run --out runs/gpu_check_dry_run
+

@@ -13,6 +13,8 @@ configured. The loss is each framework's own: ours adds the feature penalty (HF 
     .venv/bin/python benchmarks/model_speed.py                         # CPU: BASE, 2 × 4 s, fp32
     .venv/bin/python benchmarks/model_speed.py --device cuda --json out.json   # GPU: bf16, 20 s crops
     .venv/bin/python benchmarks/model_speed.py --config configs/xlsr_300m.yaml --batch-size 8 --eager
+
+`measure(argv)` returns the result dict without printing (benchmarks/gpu_check.py calls it).
 """
 
 from __future__ import annotations
@@ -127,11 +129,13 @@ def step_functions(cfg, ours, hf_models, batch, device, dtype) -> dict[str, Call
 
 
 def parity_check(cfg, ours, hf_models, batch) -> dict[str, float]:
-    """Eval-mode, fp32 contrastive loss of both (same weights, masks, negatives): relative difference."""
+    """Eval-mode, fp32 contrastive loss of both (same weights, masks, negatives): relative difference.
+
+    Run in true fp32 on every device (TF32 off for the check), whatever precision is timed."""
     source, mask, neg, flat_neg = batch
     result = {}
     ours.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _no_tf32():
         _, _, metrics = pretraining_loss(ours(source, mask_indices=mask, negative_indices=neg), cfg.loss)
         for name, hf in hf_models.items():
             hf.eval()
@@ -140,6 +144,16 @@ def parity_check(cfg, ours, hf_models, batch) -> dict[str, float]:
             hf.train()
     ours.train()
     return result
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def time_interleaved(steps: dict[str, Callable], iters: int, warmup: int, device: torch.device):
@@ -170,7 +184,8 @@ def time_interleaved(steps: dict[str, Callable], iters: int, warmup: int, device
     return times, cpu, peak
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(argv: list[str] | None = None) -> dict:
+    """Build, check parity, time; the result dict that ``--json`` writes."""
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     cfg, ours, hf_models = build_models(args, device)
     batch = make_batch(ours, args, device)
-    parity = parity_check(cfg, ours, hf_models, batch) if dtype == torch.float32 else {}
+    parity = parity_check(cfg, ours, hf_models, batch)
     steps = step_functions(cfg, ours, hf_models, batch, device, dtype)
     times, cpu, peak_memory = time_interleaved(steps, args.iters, args.warmup, device)
 
@@ -229,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             for name in times
         },
     }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = measure(argv)
+    import transformers
+
+    peak, parity = result["peak_flops"], result["parity_rel_diff_contrastive_loss_eval"]
+    peak_memory = any(r["peak_memory_gib"] is not None for r in result["results"].values())
     print(
         f"{Path(args.config).name}: {result['params'] / 1e6:.1f}M params, batch {args.batch_size} × "
         f"{args.crop_seconds:g} s, {args.dtype}, {result['device']}, torch {torch.__version__}, "

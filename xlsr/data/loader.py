@@ -185,6 +185,8 @@ class DataStream:
         if self._iterator is None:
             self._iterator = iter(self._make_loader())
         batch = next(self._iterator)
+        if self.cfg.num_workers == 0 and torch.cuda.is_available():
+            batch.pin_memory()  # the DataLoader pins worker batches; in-process ones are pinned here
         logical, state = batch.state
         self.dataset.slot_states[logical] = state
         self.batches_consumed += 1

@@ -118,7 +118,8 @@ class Adam(torch.optim.Optimizer):
         else:
             keep = (~skip).to(device=device, dtype=torch.float32)
             _zero_if_skipped(grads, skip)
-        torch._foreach_add_([s["step"] for s in states], keep)
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, [keep] * len(steps))  # the list form: the scalar form reads keep back
         step = states[0]["step"].clamp(min=1.0)  # the bucket's counters are equal
         bias1, bias2 = 1 - beta1**step, 1 - beta2**step
         if wd != 0:

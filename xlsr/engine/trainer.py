@@ -130,8 +130,8 @@ class Trainer:
             reporter.update_done()
             if step % cfg.logging.interval == 0 or step == last:
                 reporter.interval(step, self._interval_metrics())
-            elif step % cfg.optim.max_consecutive_nonfinite == 0:
-                self.state.check_nonfinite(cfg.optim.max_consecutive_nonfinite)
+            else:
+                self.state.poll_nonfinite(cfg.optim.max_consecutive_nonfinite)
             best = self._validation_due(step) and self._validate(reporter)
             stop = self._stop_agreed()
             if best or stop or step % cfg.checkpoint.interval_updates == 0 or step == last:
