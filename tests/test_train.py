@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_helpers import ENV, metrics, train_args, xlsr
 
 from xlsr.data.loader import SKIP_COUNTERS
 from xlsr.engine.checkpoint import complete_checkpoints
@@ -19,34 +19,9 @@ from xlsr.process import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-
-
-def xlsr(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "xlsr", *args], env=ENV, capture_output=True, text=True, timeout=900, **kwargs
-    )
-
 
 def summary_run_id(demo_out: Path) -> str:
     return (demo_out / "run" / "wandb_run_id").read_text().strip()
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_args(index: Path, run_dir: Path, *overrides: str) -> list[str]:
-    return [
-        "--config",
-        "configs/tiny.yaml",
-        f"run_dir={run_dir}",
-        f"data.train=[{index}]",
-        "logging.interval=5",
-        "logging.wandb_mode=disabled",
-        "logging.progress=false",
-        *overrides,
-    ]
 
 
 def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
@@ -70,8 +45,21 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     summary = json.loads((out / "run" / "summary.json").read_text())
     # The objective falls from the start. (The contrastive term alone first stays near log2(K+1) while
     # the codebook spreads out; at the demo's full 300 updates it falls visibly too.)
-    losses = [json.loads(line)["loss"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [line["loss"] for line in metrics(out / "run")]
     assert losses[-1] < losses[0] - 0.02 and summary["last"]["loss"] == losses[-1]
+    # held-out validation at update 0 and 150, the probe and its baseline, per language, the curves
+    valid = metrics(out / "run", kind="valid")
+    assert [line["step"] for line in valid] == [0, 150]
+    assert valid[-1]["valid_loss_contrastive"] < valid[0]["valid_loss_contrastive"]
+    assert summary["valid_loss_contrastive"] == valid[-1]["valid_loss_contrastive"]
+    assert summary["probe_lid_accuracy_baseline"] == valid[0]["probe_lid_accuracy"]
+    assert "valid/demo/en/loss_contrastive" in summary and "valid contrastive loss" in text
+    assert "LID probe accuracy" in text and (out / "run" / "curves.png").stat().st_size > 20_000
+    # per-language telemetry: what the job drew against the upsampling target
+    streams = {row["language"]: row for row in summary["data"]["streams"]}
+    assert set(streams) == {"en", "de", "sw", "yo", "eu", "mt"}
+    assert sum(row["realised_share"] for row in streams.values()) == pytest.approx(1.0)
+    assert all(row["utterances"] > 0 and row["passes"] > 0 for row in streams.values())
     skips = {k: v for k, v in summary["last"].items() if k.startswith("data_skipped_")}
     assert set(skips) == {f"data_skipped_{r}" for r in SKIP_COUNTERS}
     assert skips["data_skipped_undecodable"] == skips["data_skipped_broken_units"] == 0  # clean shards
@@ -81,6 +69,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert wandb_dir.name.startswith("offline-run-") and wandb_dir.name.endswith(summary_run_id(out))
     history = next(wandb_dir.glob("run-*.wandb")).read_bytes()
     assert b"train/loss_contrastive" in history and b"train/mfu" not in history  # no MFU on CPU
+    assert b"valid/valid_loss_contrastive" in history and b"data/realised_share" in history
     assert "update 150/150" in (wandb_dir / "files" / "output.log").read_text()
     assert f"checkpoint:      {summary['checkpoint']}" in text
     # the checkpoint exports to a directory that Hugging Face transformers loads, with the same outputs

@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="demo_out", help="working directory (reused by later runs)")
     demo.add_argument("--nproc", type=int, default=2)
-    demo.add_argument("--corpus-scale", type=float, default=1.0, help="size of the generated corpus")
+    demo.add_argument(
+        "--corpus-scale", type=float, default=2.0, help="size of the generated corpus (1.0 = 12.5 minutes)"
+    )
     demo.add_argument("overrides", nargs="*", help="overrides for configs/tiny.yaml")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -26,12 +26,12 @@ from xlsr.evaluation.plot import plot_run
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # Held out per language by `xlsr shard --valid-seconds` (scaled with --corpus-scale).
 VALID_SECONDS = 20.0
-# configs/tiny.yaml, tuned to show learning within minutes on 2 cores: a higher peak LR and 600
+# configs/tiny.yaml, tuned to show learning within minutes on 2 cores: a higher peak LR and 700
 # updates (honest wav2vec 2.0 pretraining: same objective, masks, negatives, quantizer).
 DEMO_OVERRIDES = (
     "optim.lr=5e-3",
     "optim.warmup_updates=60",
-    "optim.max_update=600",
+    "optim.max_update=700",
     "logging.interval=50",
     "checkpoint.interval_updates=300",
     "validation.interval_updates=150",
@@ -89,7 +89,7 @@ def print_summary(run_dir: Path) -> None:
         start, end = summary.get("valid_loss_contrastive_update_0"), summary["valid_loss_contrastive"]
         print(
             f"valid contrastive loss {start:.3f} -> {end:.3f} bits at update {summary['valid_step']} "
-            f"({chance - end:+.3f} below chance log2(K+1) = {chance:.3f})"
+            f"({chance - end:.3f} bits below chance, log2(K+1) = {chance:.3f})"
         )
     if "probe_lid_accuracy" in summary:
         baseline = summary.get("probe_lid_accuracy_baseline", float("nan"))
