@@ -162,8 +162,9 @@ class ShardResult:
             format_split_table(index, valid),
         ]
         if count:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in valid["skipped"]["by_reason"].items())
             tsv = escape_path(self.job.out_dir / VALID_DIR / SKIPPED_NAME)
-            lines.append(f"held out but skipped: {count} files -> {tsv}")
+            lines.append(f"held out but skipped: {count} files ({reasons}) -> {tsv}")
         return lines
 
     def _totals_lines(self) -> list[str]:

@@ -105,6 +105,8 @@ def reference(global_batches, tmp_path_factory) -> list[dict]:
 def test_two_process_backends_match_single_process(global_batches, reference, tmp_path, backend):
     result = run_job(global_batches, tmp_path / "run", 2, *backend)
     assert result.returncode == 0, result.stderr[-3000:]
+    if "distributed.backend=fsdp" not in backend:  # FSDP's DTensor state keeps its group alive (torch 2.11)
+        assert "outlive destroy_process_group" not in result.stderr  # every group's threads joined
     assert_trajectories_close(losses(tmp_path / "run"), reference)
     saved = [step for step, _ in complete_checkpoints(tmp_path / "run" / "checkpoints")]
     assert saved == ([4, 6] if "checkpoint.async_save=true" in backend else [UPDATES])

@@ -1,15 +1,24 @@
-"""Process-group setup from torchrun/submitit-style environment variables."""
+"""Process-group setup from torchrun/submitit-style environment variables, and teardown."""
 
 from __future__ import annotations
 
 import datetime
+import gc
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from xlsr.process import free_port
+
+log = logging.getLogger(__name__)
+
+# A GPU job's host-side group lives here, not in DistEnv: a DistEnv can outlive `shutdown()` in its
+# caller's frame, and must not keep the group (and its threads) alive.
+_cpu_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -18,12 +27,16 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
-    # A gloo group for small host-side collectives (stop flags) that must not sync the GPU stream.
-    cpu_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def cpu_group(self) -> dist.ProcessGroup | None:
+        """A gloo group for small host-side collectives (stop flags) that must not sync the GPU
+        stream; None, the default group (itself gloo), on a CPU job."""
+        return _cpu_group
 
 
 def _gpu_index(local_rank: int) -> int:
@@ -61,8 +74,9 @@ def init_distributed(timeout_s: int) -> DistEnv:
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
-    cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else dist.group.WORLD
-    return DistEnv(rank, world_size, local_rank, device, cpu_group)
+    global _cpu_group
+    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+    return DistEnv(rank, world_size, local_rank, device)
 
 
 def any_rank_host(flag: bool, env: DistEnv) -> bool:
@@ -83,5 +97,43 @@ def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 def shutdown() -> None:
+    """Destroy every process group and join its threads, while the interpreter is fully alive.
+
+    `destroy_process_group()` only unregisters the groups; a gloo group's worker threads are joined
+    when its last reference goes. A worker still running when the interpreter finalizes can drop
+    the last reference to a finished collective's tensor then: freeing the tensor's Python object
+    takes the GIL, the finalizing interpreter ends the thread inside a C++ destructor, and the
+    process aborts ("terminate called without an active exception", SIGABRT) after a run that
+    succeeded. So the groups' last references go here: the caller's backend ``close()`` has released
+    what engines and libraries keep, and the reference cycles that still hold a group (models,
+    optimizers, engines) are collected now. Groups still alive after that are reported (FSDP's
+    DTensor state keeps its mesh's group alive, torch 2.11).
+    """
+    global _cpu_group
+    _cpu_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
+    leaked = gloo_worker_threads()
+    if leaked and sys.exc_info()[0] is None:  # an exception in flight keeps its frames' objects
+        log.info(
+            "%d gloo worker thread(s) outlive destroy_process_group(): a process group is still "
+            "referenced (its threads are not joined, and the exit can abort)",
+            leaked,
+        )
+
+
+def gloo_worker_threads() -> int:
+    """Worker threads of live gloo process groups in this process (0 where /proc is missing)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    count = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                count += comm.read().strip() == "pt_gloo_runloop"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count

@@ -138,8 +138,53 @@ class DeepSpeedBackend:
 
     def close(self) -> None:
         """Tear the engine down (its ZeRO-3 hooks and partitioned buffers) while the process group
-        still exists, instead of leaving it to interpreter exit."""
+        still exists, instead of leaving it to interpreter exit, and let go of what DeepSpeed's
+        module state keeps of it, so that `shutdown()` destroys the process groups for real."""
         self.engine.destroy()
+        release_module_state(self.model)
+
+
+def release_module_state(model: nn.Module) -> None:
+    """Drop what DeepSpeed's module-level state keeps of this job's model and process groups.
+
+    Each of these keeps a process group, and so its gloo threads, alive into interpreter exit, where
+    they can abort the process (see `xlsr.engine.distributed.shutdown`); seen with DeepSpeed 0.19:
+
+    - ZeRO-3 pushes the top module onto ``parameter_offload.FWD_MODULE_STACK`` when the engine is
+      built and never pops it: the model, its hooks, the engine, the optimizer and the group that
+      every partitioned parameter holds stay reachable;
+    - ``PartitionedParameterCoordinator.__params_to_release`` is memoized on the class with
+      ``functools.lru_cache``, whose keys hold the coordinator and the model's modules;
+    - ``deepspeed.utils.groups`` caches the groups it creates (a clone of the world group, expert,
+      data and model parallel groups) in module globals;
+    - ``TorchBackend.barrier`` and ``monitored_barrier`` take the default group as a default
+      argument, evaluated when ``deepspeed.comm`` was imported (after ``init_process_group``); None
+      means the same there, the current default group.
+
+    Modules not imported hold nothing; a DeepSpeed without one of these simply has nothing to drop.
+    """
+    offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    stack = getattr(offload, "FWD_MODULE_STACK", None)
+    if stack is not None:
+        stack[:] = [module for module in stack if module is not model]
+    coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    cls = getattr(coordinator, "PartitionedParameterCoordinator", None)
+    memoized = vars(cls).get("_PartitionedParameterCoordinator__params_to_release") if cls else None
+    for cell in getattr(memoized, "__closure__", None) or ():  # the lru_cache, under an NVTX wrapper
+        cache_clear = getattr(cell.cell_contents, "cache_clear", None)
+        if cache_clear is not None:
+            cache_clear()
+    groups = sys.modules.get("deepspeed.utils.groups")
+    for name, value in list(vars(groups).items()) if groups else ():
+        if isinstance(value, dist.ProcessGroup):
+            setattr(groups, name, None)
+        elif isinstance(value, dict) and any(isinstance(v, dist.ProcessGroup) for v in value.values()):
+            value.clear()
+    comm = sys.modules.get("deepspeed.comm.torch")
+    for method in vars(comm.TorchBackend).values() if comm else ():
+        defaults = getattr(method, "__defaults__", None)
+        if defaults and any(isinstance(d, dist.ProcessGroup) for d in defaults):
+            method.__defaults__ = tuple(None if isinstance(d, dist.ProcessGroup) else d for d in defaults)
 
 
 def convert_to_universal(directory: Path) -> None:
