@@ -33,7 +33,6 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
         "--corpus-scale",
         "0.3",
         "optim.max_update=150",
-        "optim.warmup_updates=15",
         "logging.interval=25",
         "checkpoint.interval_updates=75",
     )
@@ -43,8 +42,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert "demo" in text and "mt" in text and "sampled %" in text
     assert "unreadable" in text and "too_short" in text
     summary = json.loads((out / "run" / "summary.json").read_text())
-    # The objective falls from the start. (The contrastive term alone first stays near log2(K+1) while
-    # the codebook spreads out; at the demo's full 300 updates it falls visibly too.)
+    # The objective falls from the start (the demo's LR and warmup, a shorter run).
     losses = [line["loss"] for line in metrics(out / "run")]
     assert losses[-1] < losses[0] - 0.02 and summary["last"]["loss"] == losses[-1]
     # held-out validation at update 0 and 150, the probe and its baseline, per language, the curves

@@ -93,7 +93,8 @@ class Trainer:
         if self.env.is_main:
             if self.state.wandb_run_id is None:
                 self.state.wandb_run_id = wandb_run_id(Path(self.cfg.run_dir))
-            RunHistory(Path(self.cfg.run_dir)).keep_until(self.state.step)
+            # A fresh start keeps nothing (not even an earlier attempt's validation at update 0).
+            RunHistory(Path(self.cfg.run_dir)).keep_until(self.state.step if path is not None else -1)
 
     def fit(self) -> TrainResult:
         self.restore()
