@@ -131,8 +131,7 @@ class RepeatedBatch:
 def release(trainer: Trainer | None) -> None:
     """Close a trainer's loader and backend and give its memory back before the next run."""
     if trainer is not None:
-        trainer.data.close()
-        trainer.backend.close()
+        trainer.close()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -211,14 +210,14 @@ def part_training(ctx: Context) -> dict:
         try:
             trainer.restore()
             for _ in range(warmup):
-                trainer._train_update()
-            trainer._interval_metrics()  # starts a fresh interval: start-up and warm-up left out
+                trainer.step()
+            trainer.interval_metrics()  # starts a fresh interval: start-up and warm-up left out
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             for _ in range(measured):
-                trainer._train_update()
+                trainer.step()
             synchronize()
-            metrics = trainer._interval_metrics()
+            metrics = trainer.interval_metrics()
         finally:
             release(trainer)
         rows.append(
@@ -270,11 +269,11 @@ def measure_host_overhead(trainer: Trainer, ctx: Context) -> dict[str, float]:
     profiled and a sync-counted pass. Not covered = wall − kernel time: what the GPU waited for."""
     updates = 3 if ctx.dry_run else 30
     for _ in range(3 if ctx.dry_run else 10):
-        trainer._train_update()
+        trainer.step()
     synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(updates):
-        trainer._train_update()
+        trainer.step()
     synchronize()
     wall, cpu = (time.perf_counter() - wall) / updates, (time.process_time() - cpu) / updates
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -283,7 +282,7 @@ def measure_host_overhead(trainer: Trainer, ctx: Context) -> dict[str, float]:
     profiled = 2 if ctx.dry_run else 10
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(profiled):
-            trainer._train_update()
+            trainer.step()
         synchronize()
     # Kernels, copies and memsets: everything the GPU ran.
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -320,7 +319,7 @@ def count_syncs(trainer: Trainer, updates: int) -> float:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for _ in range(updates):
-                trainer._train_update()
+                trainer.step()
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return sum("synchronizing" in str(w.message) for w in caught) / updates
@@ -436,7 +435,7 @@ def _search_model(ctx: Context, name: str, config: str, capacity, full_card) -> 
 
     def build() -> Trainer:
         trainer = Trainer(cfg, ctx.env, StopRequest(), data=RepeatedBatch(1, samples, pin=ctx.cuda))
-        trainer._train_update()  # allocates the optimizer state, part of every later peak
+        trainer.step()  # allocates the optimizer state, part of every later peak
         return trainer
 
     def probe(crops: int) -> float | None:
@@ -448,7 +447,7 @@ def _search_model(ctx: Context, name: str, config: str, capacity, full_card) -> 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
-            trainer._train_update()
+            trainer.step()
             synchronize()
             return float(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0.0
         except torch.OutOfMemoryError:

@@ -12,6 +12,7 @@ from xlsr.config import (
     SAMPLE_RATE,
     ConfigError,
     ModelConfig,
+    ObjectiveConfig,
     TrainConfig,
     ValidationConfig,
     dump_config,
@@ -25,7 +26,7 @@ from xlsr.config import (
 )
 from xlsr.config import presets as P
 from xlsr.config.validation import RANGES
-from xlsr.model.wav2vec2 import conv_output_length
+from xlsr.model.encoder import conv_output_length
 from xlsr.process import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,6 +360,7 @@ def test_run_config_saved_before_presets_still_loads(tmp_path):
     assert dumped["optim"].pop("batch_tokens") == 0 and dumped["data"].pop("valid") == []
     assert dumped["data"].pop("max_open_shards") == 16
     assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
+    assert dumped.pop("objective") == dataclasses.asdict(ObjectiveConfig())
     assert dumped == yaml.safe_load(SAVED_BEFORE_PRESETS)  # otherwise the same format today
 
 
@@ -417,6 +419,18 @@ RULES = [
     ("model.mask_prob=1.5", "'model.mask_prob' must be in [0, 1], got 1.5"),
     ("model.mask_length=0", "'model.mask_length' must be >= 1, got 0"),
     ("model.mask_min_masks=-1", "'model.mask_min_masks' must be >= 0, got -1"),
+    ("objective.best_rq.num_codebooks=0", "'objective.best_rq.num_codebooks' must be >= 1, got 0"),
+    ("objective.best_rq.codebook_size=1", "'objective.best_rq.codebook_size' must be >= 2, got 1"),
+    ("objective.best_rq.codebook_dim=0", "'objective.best_rq.codebook_dim' must be >= 1, got 0"),
+    ("objective.best_rq.num_mel_bins=0", "'objective.best_rq.num_mel_bins' must be >= 1, got 0"),
+    ("objective.best_rq.mask_prob=1.5", "'objective.best_rq.mask_prob' must be in [0, 1], got 1.5"),
+    ("objective.best_rq.mask_length=0", "'objective.best_rq.mask_length' must be >= 1, got 0"),
+    ("objective.best_rq.mask_min_masks=-1", "'objective.best_rq.mask_min_masks' must be >= 0, got -1"),
+    (
+        "objective.name=best_rq model.conv_feature_layers=[[8,10,5],[8,3,3]]",
+        "'model.conv_feature_layers' must have a total stride that is a multiple of 160 samples for best_rq",
+    ),
+    ("objective.name=hubert", "'objective.name' must be one of ['wav2vec2', 'best_rq'], got 'hubert'"),
     ("model.num_negatives=0", "'model.num_negatives' must be >= 1, got 0"),
     ("model.logit_temp=0", "'model.logit_temp' must be > 0, got 0"),
     ("model.feature_grad_mult=-1", "'model.feature_grad_mult' must be >= 0, got -1"),

@@ -24,7 +24,7 @@ from xlsr.data.stream import Batch
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown
 from xlsr.engine.trainer import Trainer
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives
-from xlsr.model.wav2vec2 import TransformerEncoder
+from xlsr.model.encoder import TransformerEncoder
 from xlsr.process import StopRequest
 
 pytestmark = [
@@ -78,17 +78,12 @@ def tiny_config(index: Path, run_dir: Path, *overrides: str):
 
 def run_updates(env, cfg, updates: int) -> list[dict[str, float]]:
     """The real trainer and loader: the metrics of each of ``updates`` updates."""
-    trainer = Trainer(cfg, env, StopRequest())
-    try:
-        trainer.restore()
+    with Trainer(cfg, env, StopRequest()) as trainer:
         metrics = []
         for _ in range(updates):
-            trainer._train_update()
-            metrics.append(trainer._interval_metrics())
+            trainer.step()
+            metrics.append(trainer.interval_metrics())
         return metrics
-    finally:
-        trainer.data.close()
-        trainer.backend.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,14 +196,14 @@ class SyncCheckedTrainer(Trainer):
 
     first = 3
 
-    def _train_update(self) -> None:
+    def step(self) -> None:
         if self.state.step == self.first:
             torch.cuda.set_sync_debug_mode("error")
-        super()._train_update()
+        super().step()
 
-    def _interval_metrics(self) -> dict[str, float]:
+    def interval_metrics(self) -> dict[str, float]:
         torch.cuda.set_sync_debug_mode(0)
-        return super()._interval_metrics()
+        return super().interval_metrics()
 
     def _save(self, final: bool):
         torch.cuda.set_sync_debug_mode(0)
@@ -237,7 +232,7 @@ def test_steady_state_updates_never_sync_the_host(env, demo_index, tmp_path, bac
 
 
 def test_loader_batches_are_pinned_and_copied_without_blocking_the_host(env, demo_index, tmp_path):
-    """DataLoader workers hand out pinned batches, and `Trainer._prepare` enqueues their copy (and the
+    """DataLoader workers hand out pinned batches, and `Trainer.prepare` enqueues their copy (and the
     masks) behind queued GPU work instead of waiting for it: the GPU is still busy when it returns."""
     trainer = Trainer(tiny_config(demo_index, tmp_path), env, StopRequest())
     try:
@@ -247,16 +242,17 @@ def test_loader_batches_are_pinned_and_copied_without_blocking_the_host(env, dem
         torch.cuda.synchronize()
         torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time at 2 GHz
         started = time.perf_counter()
-        source, _, masks, _ = trainer._prepare(batch, 0)
+        prepared = trainer.prepare(batch, 0)
+        source, masks = prepared.source, prepared.draws["mask_indices"]
         host_ms = 1e3 * (time.perf_counter() - started)
         still_busy = not torch.cuda.current_stream().query()
         torch.cuda.synchronize()
-        record("Trainer._prepare of a pinned batch behind 0.2 s of GPU work: host time", f"{host_ms:.2f} ms")
+        record("Trainer.prepare of a pinned batch behind 0.2 s of GPU work: host time", f"{host_ms:.2f} ms")
         assert still_busy and source.is_cuda and masks.is_cuda
         pageable = Batch(source=batch.source.clone(), padding_mask=None, num_samples=batch.num_samples)
         torch.cuda._sleep(400_000_000)
         started = time.perf_counter()
-        trainer._prepare(pageable, 0)
+        trainer.prepare(pageable, 0)
         record(
             "the same with a pageable batch (data.num_workers=0 does not pin): host time",
             f"{1e3 * (time.perf_counter() - started):.2f} ms, GPU still busy: "
@@ -264,5 +260,4 @@ def test_loader_batches_are_pinned_and_copied_without_blocking_the_host(env, dem
         )
         torch.cuda.synchronize()
     finally:
-        trainer.data.close()
-        trainer.backend.close()
+        trainer.close()

@@ -156,17 +156,12 @@ def test_the_recorder_sees_every_kind_of_host_read():
     ids=["ddp-fp32", "fsdp-bf16"],
 )
 def test_train_update_never_reads_a_value_back(env, demo_index, tmp_path, overrides):
-    trainer = Trainer(tiny(demo_index, tmp_path, *overrides), env, StopRequest())
-    try:
-        trainer.restore()
-        trainer._train_update()  # the first update creates the optimizer state
+    with Trainer(tiny(demo_index, tmp_path, *overrides), env, StopRequest()) as trainer:
+        trainer.step()  # the first update creates the optimizer state
         with HostReadRecorder() as recorder:
             trainer.data = PausedDuringFetch(trainer.data, recorder)
             for _ in range(3):
-                trainer._train_update()
-    finally:
-        trainer.data.close()
-        trainer.backend.close()
+                trainer.step()
     assert recorder.reads == [], "\n\n".join(recorder.reads[:3])
 
 
@@ -175,15 +170,15 @@ class RecordedTrainer(Trainer):
 
     first = 2
 
-    def _train_update(self) -> None:
+    def step(self) -> None:
         if self.state.step == self.first:
             self.recorder = HostReadRecorder().__enter__()
             self.data = PausedDuringFetch(self.data, self.recorder)
-        super()._train_update()
+        super().step()
 
-    def _interval_metrics(self) -> dict[str, float]:
+    def interval_metrics(self) -> dict[str, float]:
         self.recorder.__exit__(None, None, None)
-        return super()._interval_metrics()
+        return super().interval_metrics()
 
 
 def test_update_loop_between_logging_intervals_never_reads_a_value_back(env, demo_index, tmp_path):

@@ -279,7 +279,7 @@ def test_no_host_sync_ops():
 
 def test_init_depends_on_the_seed_alone_unit_by_unit():
     """What lets the engine initialise a sharded model layer by layer, on any world size."""
-    from xlsr.model.wav2vec2 import TransformerLayer, init_generator
+    from xlsr.model.encoder import TransformerLayer, init_generator
 
     cfg = small_config(True)
     full = Wav2Vec2Model(cfg, init_seed=5)
@@ -304,7 +304,7 @@ def test_init_depends_on_the_seed_alone_unit_by_unit():
 
 def test_zero_final_and_latent_dims_mean_their_defaults_everywhere():
     """final_dim/latent_dim 0 mean 'model dim' / 'final dim' (fairseq): same model, same FLOP count."""
-    from xlsr.engine.flops import train_flops_per_crop
+    from xlsr.objectives.wav2vec2 import train_flops_per_crop
 
     explicit = small_config(True, final_dim=48, latent_dim=48)
     implicit = small_config(True, final_dim=0, latent_dim=0)

@@ -20,9 +20,9 @@ import math
 import pytest
 import torch
 
-from xlsr.config import OptimConfig
-from xlsr.engine.metrics import collapse_alarms
+from xlsr.config import OptimConfig, TrainConfig
 from xlsr.engine.optim import Adam, build_optimizer, build_scheduler
+from xlsr.objectives.wav2vec2 import Wav2Vec2Objective
 
 # --------------------------------------------------------------------------------------------------
 # LR schedules
@@ -438,18 +438,19 @@ def test_pending_skip_is_used_once():
 # Collapse alarms
 
 K, CODES = 100, 640  # the recipe's negatives; 2 groups x 320 codes
+WAV2VEC2 = Wav2Vec2Objective(TrainConfig())  # BASE: K = 100 negatives, 2 x 320 codes
 UNIFORM = math.log2(K + 1)  # bits of cross-entropy when the K + 1 logits are equal
 HEALTHY = {"loss_contrastive": 4.2, "code_perplexity": 300.0, "accuracy": 0.45, "diversity": 0.3}
 
 
 def alarms(past_warmup: bool = True, **changes: float) -> list[str]:
-    return collapse_alarms({**HEALTHY, **changes}, num_negatives=K, num_codes=CODES, past_warmup=past_warmup)
+    return WAV2VEC2.alarms({**HEALTHY, **changes}, past_warmup=past_warmup)
 
 
 def test_a_healthy_run_raises_no_alarm():
     assert alarms() == []
     assert alarms(past_warmup=False) == []
-    assert collapse_alarms({}, num_negatives=K, num_codes=CODES, past_warmup=True) == []
+    assert WAV2VEC2.alarms({}, past_warmup=True) == []
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.009, -0.009])

@@ -97,6 +97,42 @@ class LossConfig:
     feature_penalty_weight: float = 10.0
 
 
+# BEST-RQ's log-mel hop (10 ms): its targets stack these frames to the encoder's frame rate.
+MEL_HOP_SAMPLES = 160
+
+
+@dataclass
+class BestRQConfig:
+    """BEST-RQ targets and masks (Chiu et al., arXiv 2202.01855; docs/model.md, "BEST-RQ").
+
+    Targets: log-mel frames stacked to the encoder's frame rate, normalised per utterance, projected
+    by a frozen random matrix and matched to the nearest entry of each frozen random codebook.
+    """
+
+    num_codebooks: int = 1
+    codebook_size: int = 8192
+    codebook_dim: int = 16
+    num_mel_bins: int = 80
+    # Masks with fairseq's semantics (xlsr.model.masking): about mask_prob × frames / mask_length
+    # spans of mask_length frames. The paper's 1 % chance per frame of starting a 400 ms span is, at
+    # the encoder's 50 frames per second, mask_prob 0.2 with mask_length 20.
+    mask_prob: float = 0.2
+    mask_length: int = 20
+    mask_min_masks: int = 2
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which pretraining objective trains the encoder (xlsr.objectives; docs/architecture.md).
+
+    ``wav2vec2`` reads its quantizer, negatives and masks from ``model`` and ``loss`` (fairseq's
+    names); ``best_rq`` reads its section below.
+    """
+
+    name: Literal["wav2vec2", "best_rq"] = "wav2vec2"
+    best_rq: BestRQConfig = field(default_factory=BestRQConfig)
+
+
 @dataclass
 class DataConfig:
     """Sharded corpora, upsampling and batching."""
@@ -239,6 +275,7 @@ class TrainConfig:
     # Stop after this many updates (defaults to optim.max_update); lets a demo run a short prefix.
     stop_at_update: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

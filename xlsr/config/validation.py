@@ -12,7 +12,7 @@ import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from xlsr.config.schema import ConfigError, DistributedConfig, TrainConfig
+from xlsr.config.schema import MEL_HOP_SAMPLES, ConfigError, DistributedConfig, TrainConfig
 
 # A rule: (holds for the value?, what the value must be).
 Rule = tuple[Callable[[Any], bool], str]
@@ -64,6 +64,13 @@ RANGES: dict[str, Rule] = {
     "model.mask_prob": within(0, 1),
     "model.mask_length": at_least(1),
     "model.mask_min_masks": at_least(0),
+    "objective.best_rq.num_codebooks": at_least(1),
+    "objective.best_rq.codebook_size": at_least(2),
+    "objective.best_rq.codebook_dim": at_least(1),
+    "objective.best_rq.num_mel_bins": at_least(1),
+    "objective.best_rq.mask_prob": within(0, 1),
+    "objective.best_rq.mask_length": at_least(1),
+    "objective.best_rq.mask_min_masks": at_least(0),
     "loss.diversity_weight": at_least(0),
     "loss.feature_penalty_weight": at_least(0),
     "data.language_alpha": within(0, 1),
@@ -183,6 +190,10 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
         yield "validation.probe_layer", requirement, cfg.validation.probe_layer
     if not model.conv_feature_layers:
         yield "model.conv_feature_layers", "must list at least one conv block", []
+    stride = math.prod(s for _, _, s in model.conv_feature_layers)
+    if cfg.objective.name == "best_rq" and stride % MEL_HOP_SAMPLES:
+        requirement = f"must have a total stride that is a multiple of {MEL_HOP_SAMPLES} samples for best_rq"
+        yield "model.conv_feature_layers", requirement + " (its targets stack 10 ms log-mel frames)", stride
     start, floor, decay = model.latent_temp
     if not 0 < floor <= start:
         yield (

@@ -290,6 +290,31 @@ class UnitReader:
 _UNUSABLE = object()
 
 
+class UtterancePreparer:
+    """Decode a crop of an utterance, normalised (``data.normalize``) over the whole utterance as
+    fairseq does; the one preparation of training batches and the held-out set alike."""
+
+    def __init__(self, normalize: bool):
+        self.normalize = normalize
+        self.scratch = np.empty(0, dtype=np.float32)  # whole utterances, for normalisation
+
+    def __call__(self, sample: RawSample, out: np.ndarray, start: int) -> int:
+        """Samples ``start`` to ``start + len(out)`` of ``sample`` into ``out``; returns how many."""
+        if not self.normalize:
+            return decode_sample_into(sample, out, start)
+        # The whole is decoded for the statistics, which take two passes (mean, and E[x²] by BLAS);
+        # then only the crop is written.
+        if len(self.scratch) < sample.num_samples:
+            self.scratch = np.empty(sample.num_samples, dtype=np.float32)
+        wave = self.scratch[: decode_sample_into(sample, self.scratch[: sample.num_samples])]
+        mean = float(wave.mean())
+        variance = max(float(np.dot(wave, wave)) / max(len(wave), 1) - mean * mean, 0.0)
+        crop = wave[start : start + len(out)]
+        np.subtract(crop, np.float32(mean), out=out[: len(crop)])
+        np.multiply(out[: len(crop)], np.float32(1 / np.sqrt(variance + 1e-5)), out=out[: len(crop)])
+        return len(crop)
+
+
 class SlotPipeline:
     """Upsampled mixing → shuffle buffer → length buckets → cropped, padded batches."""
 
@@ -328,7 +353,7 @@ class SlotPipeline:
         edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
         self.bucket_edges = np.ceil(edges).astype(np.int64)
         self.buckets: list[list[tuple[SampleRef, RawSample]]] = [[] for _ in range(cfg.num_buckets)]
-        self.scratch = np.empty(0, dtype=np.float32)  # whole utterances, for normalisation
+        self.preparer = UtterancePreparer(cfg.normalize)
 
     # -- sample flow ------------------------------------------------------------------------------
 
@@ -432,19 +457,7 @@ class SlotPipeline:
     def _decode_crop(self, sample: RawSample, out: np.ndarray) -> int:
         """A random crop of ``len(out)`` samples of ``sample`` into ``out``; returns its length."""
         start = int(self.rng.integers(sample.num_samples - len(out) + 1))
-        if not self.cfg.normalize:
-            return decode_sample_into(sample, out, start)
-        # Normalised over the whole utterance before cropping (fairseq), so the whole is decoded; the
-        # statistics take two passes (mean, and E[x²] by BLAS), then only the crop is written.
-        if len(self.scratch) < sample.num_samples:
-            self.scratch = np.empty(sample.num_samples, dtype=np.float32)
-        wave = self.scratch[: decode_sample_into(sample, self.scratch[: sample.num_samples])]
-        mean = float(wave.mean())
-        variance = max(float(np.dot(wave, wave)) / max(len(wave), 1) - mean * mean, 0.0)
-        crop = wave[start : start + len(out)]
-        np.subtract(crop, np.float32(mean), out=out[: len(crop)])
-        np.multiply(out[: len(crop)], np.float32(1 / np.sqrt(variance + 1e-5)), out=out[: len(crop)])
-        return len(crop)
+        return self.preparer(sample, out, start)
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -208,10 +208,10 @@ class Checkpointer:
             self._prune(step)
         dist.barrier()
 
-    def mark_best(self, step: int, valid_loss: float) -> None:
-        """Record ``step-N`` as the best checkpoint by valid loss (``best.json``); pruning keeps it."""
+    def mark_best(self, step: int, metric: str, value: float) -> None:
+        """Record ``step-N`` as the best checkpoint by ``metric`` (``best.json``); pruning keeps it."""
         if self.env.is_main:
-            best = {"step": step, "checkpoint": step_dir_name(step), "valid_loss_contrastive": valid_loss}
+            best = {"step": step, "checkpoint": step_dir_name(step), metric: value}
             atomic_write_text(self.root / BEST_NAME, json.dumps(best, indent=2))
 
     def best_step(self) -> int | None:

@@ -2,12 +2,12 @@
 
 Order (torchtitan's): activation checkpointing → optional torch.compile per transformer layer →
 data parallelism (DDP, or FSDP2 with one unit per transformer layer plus the root). The model file
-knows nothing of any of this; it only exposes ``encoder.layers`` and ``feature_extractor``.
+knows nothing of any of this; it only exposes its repeated ``blocks``, its ``feature_extractor`` and
+initialised templates of both (`xlsr.model.encoder.SpeechEncoder`), whatever the objective.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
@@ -23,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from xlsr.config import DistributedConfig
 from xlsr.engine.distributed import DistEnv
-from xlsr.model.wav2vec2 import TransformerLayer, Wav2Vec2Model, init_generator
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -31,7 +30,7 @@ PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch
 def apply_activation_checkpointing(model: nn.Module, cfg: DistributedConfig) -> None:
     if cfg.activation_checkpointing == "none":
         return
-    layers = model.encoder.layers
+    layers = model.blocks
     for index, layer in enumerate(layers):
         if index % cfg.activation_checkpointing_every == 0:
             layers[index] = checkpoint_wrapper(layer, preserve_rng_state=True)
@@ -41,8 +40,8 @@ def apply_activation_checkpointing(model: nn.Module, cfg: DistributedConfig) -> 
 
 def apply_compile(model: nn.Module) -> None:
     """Compile each transformer layer once (they share a graph), as torchtitan does."""
-    for index, layer in enumerate(model.encoder.layers):
-        model.encoder.layers[index] = torch.compile(layer, fullgraph=False)
+    for index, layer in enumerate(model.blocks):
+        model.blocks[index] = torch.compile(layer, fullgraph=False)
 
 
 def data_parallel_mesh(cfg: DistributedConfig, env: DistEnv) -> DeviceMesh:
@@ -60,20 +59,17 @@ def data_parallel_mesh(cfg: DistributedConfig, env: DistEnv) -> DeviceMesh:
 
 @torch.no_grad()
 def materialize_sharded(model: nn.Module, seed: int, device: torch.device) -> None:
-    """Allocate a sharded meta-device model and initialise it exactly as ``Wav2Vec2Model(cfg, seed)``.
+    """Allocate a sharded meta-device model and initialise it exactly as one built whole from ``seed``.
 
-    No rank ever holds the whole model: each transformer layer, then the rest of the model, is
-    initialised on the CPU by itself (the model's init draws each unit from its own generator) and
+    No rank ever holds the whole model: each block, then the rest of the model, is initialised on
+    the CPU by itself (the model's templates; its init draws each unit from its own generator) and
     only this rank's shard of it is kept. The result does not depend on the world size.
     """
     model.to_empty(device=device)
-    cfg = model.cfg
-    for index, layer in enumerate(model.encoder.layers):
-        template = TransformerLayer(cfg)
-        template.init_weights(init_generator(seed, index + 1))
-        _copy_into(layer, template)
-    root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), init_seed=seed)
-    _copy_into(model, root, skip_prefix="encoder.layers.")
+    for index, block in enumerate(model.blocks):
+        _copy_into(block, model.block_template(index, seed))
+    blocks_prefix = next(name for name, module in model.named_modules() if module is model.blocks) + "."
+    _copy_into(model, model.root_template(seed), skip_prefix=blocks_prefix)
 
 
 def _copy_into(target: nn.Module, source: nn.Module, skip_prefix: str | None = None) -> None:
@@ -94,9 +90,9 @@ def apply_fsdp(model: nn.Module, cfg: DistributedConfig, env: DistEnv) -> nn.Mod
     mesh = data_parallel_mesh(cfg, env)
     dtype = PRECISION_DTYPES[cfg.precision]
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for layer in model.encoder.layers:
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
-    # The root unit holds the conv encoder, projections, positional conv and quantizer.
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    # The root unit holds the conv encoder, projections, positional conv and the objective's head.
     # It is not resharded after forward: backward needs it again immediately.
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     return model

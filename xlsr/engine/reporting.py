@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 from collections.abc import Callable
@@ -20,15 +19,12 @@ from typing import Any
 from tqdm import tqdm
 
 from xlsr.config import TrainConfig, to_dict
-from xlsr.engine.metrics import collapse_alarms, format_console_line
+from xlsr.engine.metrics import format_console_line
 from xlsr.fileio import atomic_write_text
+from xlsr.objectives import Objective
+from xlsr.run_dir import VALID_KIND, WANDB_ID_NAME, RunHistory
 
 log = logging.getLogger("xlsr.train")
-
-HISTORY_NAME = "metrics.jsonl"
-VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
-SUMMARY_NAME = "summary.json"
-WANDB_ID_NAME = "wandb_run_id"
 
 
 @dataclass
@@ -120,46 +116,15 @@ class WandbLogger:
             self.run = None
 
 
-class RunHistory:
-    """``metrics.jsonl`` and ``summary.json`` of a run directory."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / HISTORY_NAME
-        self.summary_path = run_dir / SUMMARY_NAME
-
-    def lines(self) -> list[dict[str, Any]]:
-        """The logged lines; a torn or blank line (disk full, a kill mid-write) is dropped, with a warning."""
-        if not self.path.is_file():
-            return []
-        records = []
-        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
-            try:
-                record = json.loads(line)
-                records.append(record if isinstance(record, dict) and "step" in record else None)
-            except json.JSONDecodeError:
-                records.append(None)
-            if records[-1] is None:
-                log.warning("%s:%d is damaged (%r); the line is dropped", self.path, number, line[:80])
-                records.pop()
-        return records
-
-    def keep_until(self, step: int) -> None:
-        """Drop lines past ``step`` (and damaged ones), so a resumed run logs each update once."""
-        if not self.path.is_file():
-            return
-        raw = self.path.read_text(errors="replace").splitlines()
-        kept = [record for record in self.lines() if record["step"] <= step]
-        if len(kept) < len(raw):
-            log.warning("%s: dropped %d line(s) after update %d (retrained)", self.path.name,
-                        len(raw) - len(kept), step)  # fmt: skip
-            atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
-
-    def append(self, step: int, metrics: dict[str, float]) -> None:
-        with open(self.path, "a") as history:
-            history.write(json.dumps({"step": step, **metrics}) + "\n")
+class RunSummary(RunHistory):
+    """`RunHistory` plus the writer of ``summary.json``."""
 
     def write_summary(
-        self, result: TrainResult, best: dict[str, Any] | None = None, streams: list[dict] | None = None
+        self,
+        result: TrainResult,
+        best_key: str,
+        best: dict[str, Any] | None = None,
+        streams: list[dict] | None = None,
     ) -> None:
         """First and last logged metrics of the whole run (across resumes), and where things are."""
         records = self.lines()
@@ -176,13 +141,16 @@ class RunHistory:
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "wandb_dir": result.wandb_dir,
         }
-        summary.update(validation_summary([r for r in records if r.get("kind") == VALID_KIND], best))
+        valid = [r for r in records if r.get("kind") == VALID_KIND]
+        summary.update(validation_summary(valid, best, best_key))
         if streams:
             summary["data"] = {"streams": streams}
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
 
-def validation_summary(valid: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any]:
+def validation_summary(
+    valid: list[dict[str, Any]], best: dict[str, Any] | None, best_key: str
+) -> dict[str, Any]:
     """The last validation's values (``valid_*``, per-language ``valid/...``, ``probe_*``), the probe's
     baseline (its value at update 0, the randomly initialised model) and the best checkpoint."""
     if not valid:
@@ -190,7 +158,7 @@ def validation_summary(valid: list[dict[str, Any]], best: dict[str, Any] | None)
     last = {k: v for k, v in valid[-1].items() if k not in ("kind", "step")}
     summary: dict[str, Any] = {**last, "valid_step": valid[-1]["step"]}
     if valid[0]["step"] == 0:
-        summary["valid_loss_contrastive_update_0"] = valid[0]["valid_loss_contrastive"]
+        summary[f"{best_key}_update_0"] = valid[0][best_key]
         if "probe_lid_accuracy" in valid[0]:
             summary["probe_lid_accuracy_baseline"] = valid[0]["probe_lid_accuracy"]
     if best is not None:
@@ -201,9 +169,11 @@ def validation_summary(valid: list[dict[str, Any]], best: dict[str, Any] | None)
 class Reporter:
     """Everything the trainer shows or records; a silent no-op on ranks other than 0."""
 
-    def __init__(self, cfg: TrainConfig, is_main: bool, first_step: int, run_id: str | None):
-        self.cfg, self.enabled = cfg, is_main
-        self.history = RunHistory(Path(cfg.run_dir))
+    def __init__(
+        self, cfg: TrainConfig, objective: Objective, is_main: bool, first_step: int, run_id: str | None
+    ):
+        self.cfg, self.objective, self.enabled = cfg, objective, is_main
+        self.history = RunSummary(Path(cfg.run_dir))
         self.wandb = WandbLogger(cfg, run_id) if is_main else None
         self.progress = tqdm(
             total=cfg.last_update,
@@ -233,21 +203,21 @@ class Reporter:
     def interval(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.progress.write(format_console_line(step, self.cfg.last_update, metrics))
+        self.progress.write(
+            format_console_line(step, self.cfg.last_update, metrics, self.objective.spec.console)
+        )
         self.history.append(step, metrics)
         self.wandb.log(step, {f"train/{k}": v for k, v in metrics.items()})
-        model = self.cfg.model
-        # Uniform logits are normal for a while after warmup; "stuck" means still there at 4x warmup.
+        # Chance-level predictions are normal for a while after warmup; "stuck" means still there at 4x.
         past_warmup = step >= 4 * max(self.cfg.optim.warmup_updates, 1)
-        codes = model.latent_groups * model.latent_vars
-        for alarm in collapse_alarms(metrics, model.num_negatives, codes, past_warmup):
+        for alarm in self.objective.alarms(metrics, past_warmup):
             self.progress.write(f"WARNING collapse alarm: {alarm}")
             self.wandb.log(step, {"alarms/collapse": alarm})
 
     def validation(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.progress.write(format_validation_line(step, self.cfg, metrics))
+        self.progress.write(format_validation_line(step, self.objective, metrics))
         self.history.append(step, {"kind": VALID_KIND, **metrics})
         self.wandb.log(step, {key if "/" in key else f"valid/{key}": v for key, v in metrics.items()})
 
@@ -268,17 +238,11 @@ class Reporter:
             self.wandb.log_streams(result.step if result else 0, streams)
         self.wandb.close()
         if result is not None:
-            self.history.write_summary(result, best, streams)
+            self.history.write_summary(result, self.objective.spec.best_key, best, streams)
 
 
-def format_validation_line(step: int, cfg: TrainConfig, metrics: dict[str, float]) -> str:
-    chance = math.log2(cfg.model.num_negatives + 1)
-    parts = [
-        f"valid update {step}",
-        f"contrast {metrics['valid_loss_contrastive']:.3f} bits (chance {chance:.3f})",
-        f"accuracy {metrics['valid_accuracy']:.3f}",
-        f"code_perplexity {metrics['valid_code_perplexity']:.1f}",
-    ]
+def format_validation_line(step: int, objective: Objective, metrics: dict[str, float]) -> str:
+    parts = [f"valid update {step}", *objective.validation_columns(metrics)]
     if "probe_lid_accuracy" in metrics:
         parts.append(f"LID probe {metrics['probe_lid_accuracy']:.3f}")
     parts.append(f"{metrics['valid_seconds']:.1f} s")

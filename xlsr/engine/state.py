@@ -34,7 +34,7 @@ class TrainState:
         # and the event that says when that copy has landed.
         self._streak_on_host = torch.zeros((), pin_memory=device.type == "cuda")
         self._streak_copied = torch.cuda.Event() if device.type == "cuda" else None
-        self.best_valid_loss = math.inf  # the lowest valid contrastive loss after update 0, in bits
+        self.best_valid_loss = math.inf  # the lowest value of the objective's best key after update 0
         self.best_step: int | None = None
 
     def record_update(self, skipped: torch.Tensor) -> None:

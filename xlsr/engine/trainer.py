@@ -1,12 +1,14 @@
-"""The training loop: stream → model → loss → update, with checkpoints, logging and clean stops.
+"""The training loop: stream → objective (model + loss) → update, with checkpoints, logging and
+clean stops. The objective (`xlsr.objectives`) is the only part that knows what is learned.
 
-One update = ``optim.update_freq`` micro-batches. Before any forward pass, the masks of all
-micro-batches are drawn, so the total number of masked frames N over all ranks is known up front
-and each micro-batch's loss is scaled by world_size / N: with DDP/FSDP averaging, the gradient is
-the per-masked-frame mean over the whole effective batch, as fairseq's trainer normalises it
-(wav2vec 2.0, arXiv 2006.11477 §3.2; fairseq ``Trainer.train_step`` with ``sample_size`` = masked
-frames). The hot loop never waits on the device: metrics accumulate in device tensors and are
-reduced once per logging interval, and non-finite updates are skipped by the optimizer on the device.
+One update = ``optim.update_freq`` micro-batches. Before any forward pass, the objective draws the
+masks of all micro-batches (`Objective.prepare`), so the total number of loss frames N over all
+ranks is known up front and each micro-batch's loss is scaled by world_size / N: with DDP/FSDP
+averaging, the gradient is the per-frame mean over the whole effective batch, as fairseq's trainer
+normalises it (wav2vec 2.0, arXiv 2006.11477 §3.2; fairseq ``Trainer.train_step`` with
+``sample_size`` = masked frames). The hot loop never waits on the device: metrics accumulate in
+device tensors and are reduced once per logging interval, and non-finite updates are skipped by the
+optimizer on the device.
 
 The trainer is assembled from stateful parts, each with ``state_dict()/load_state_dict()``: the
 train state and RNGs (`xlsr.engine.state`), the data stream (`xlsr.data.loader`) and the backend
@@ -30,18 +32,15 @@ from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
 from xlsr.engine.checkpoint_files import step_dir_name
 from xlsr.engine.distributed import DistEnv, any_rank_host
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
-from xlsr.engine.reporting import Reporter, RunHistory, TrainResult, wandb_run_id
+from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
 from xlsr.evaluation.validate import Validator
-from xlsr.model.loss import pretraining_loss
-from xlsr.model.masking import compute_mask_indices
+from xlsr.objectives import Objective, Prepared, build_objective
 from xlsr.process import StopRequest
+from xlsr.run_dir import CONFIG_NAME, RunHistory
 from xlsr.seeding import derive_seed
 
 log = logging.getLogger("xlsr.train")
-
-# One prepared micro-batch: audio and padding on the device, time masks, the generator of its draws.
-Prepared = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Generator]
 
 
 class Trainer:
@@ -56,16 +55,32 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # dropout and other draws from the global generators
         resume_world = read_trainer_state(self.resume_from)["world_size"] if self.resume_from else None
         initial = _init_from_weights(cfg) if self.resume_from is None else None
-        self.backend = build_backend(cfg, env, resume_world, initial)
+        self.objective: Objective = build_objective(cfg)
+        self.backend = build_backend(cfg, env, self.objective, resume_world, initial)
         if initial is not None and env.is_main:
             log.info("initialized weights from %s", cfg.checkpoint.init_from)
         self.model = self.backend.model
         self.data = data or DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
         self.state = TrainState(env.device)
         self.rng = RNGState(env.device)
-        self.meter = IntervalMeter(cfg, env)
-        self.validator = Validator(cfg, env) if cfg.data.valid else None
+        self.meter = IntervalMeter(cfg, env, self.objective)
+        self.validator = (
+            Validator(cfg, self.objective, env.rank, env.world_size, env.device) if cfg.data.valid else None
+        )
         self.streams: list[dict] = []  # the latest per-(corpus, language) draws, for the summary
+
+    def __enter__(self) -> Trainer:
+        """Resume (`restore`) and hold the parts open for `step` / `interval_metrics` calls."""
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the data loader and the backend (process groups, engines, threads)."""
+        self.data.close()
+        self.backend.close()
 
     def restore(self) -> None:
         """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
@@ -99,14 +114,15 @@ class Trainer:
     def fit(self) -> TrainResult:
         self.restore()
         if self._stop_agreed():  # stopped during start-up: nothing new to save
-            self.data.close()
-            self.backend.close()
+            self.close()
             return TrainResult(status="preempted", step=self.state.step, checkpoint=self.resume_from)
         result = TrainResult(status="finished", step=self.state.step, checkpoint=self.resume_from)
-        reporter = Reporter(self.cfg, self.env.is_main, self.state.step, self.state.wandb_run_id)
+        reporter = Reporter(
+            self.cfg, self.objective, self.env.is_main, self.state.step, self.state.wandb_run_id
+        )
         result.wandb_dir = reporter.wandb_dir
         if self.env.is_main:
-            save_config(self.recipe, Path(self.cfg.run_dir) / "config.yaml")
+            save_config(self.recipe, Path(self.cfg.run_dir) / CONFIG_NAME)
         reporter.data_mixture(self.data.probability_table(), self.data.hours, self.data.hour_probs)
         try:
             if self.validator is not None and self.state.step == 0:
@@ -118,19 +134,18 @@ class Trainer:
         finally:
             result.step = self.state.step
             reporter.close(result, self._best(), self.streams)
-            self.data.close()
-            self.backend.close()
+            self.close()
         return result
 
     def _loop(self, reporter: Reporter, result: TrainResult) -> None:
         cfg, last = self.cfg, self.cfg.last_update
         self.meter.restart_clock()
         while self.state.step < last:
-            self._train_update()
+            self.step()
             step = self.state.step
             reporter.update_done()
             if step % cfg.logging.interval == 0 or step == last:
-                reporter.interval(step, self._interval_metrics())
+                reporter.interval(step, self.interval_metrics())
             else:
                 self.state.poll_nonfinite(cfg.optim.max_consecutive_nonfinite)
             best = self._validation_due(step) and self._validate(reporter)
@@ -139,33 +154,28 @@ class Trainer:
                 result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
             if best:
-                self.checkpointer.mark_best(step, self.state.best_valid_loss)
+                self.checkpointer.mark_best(step, self.objective.spec.best_key, self.state.best_valid_loss)
             if stop:
                 result.status = "preempted"
                 return
 
-    def _train_update(self) -> None:
+    def step(self) -> None:
         """One optimizer update over ``update_freq`` micro-batches."""
-        self.model.set_num_updates(self.state.step)
+        self.objective.set_num_updates(self.model, self.state.step)
         started = time.perf_counter()
         batches = [next(self.data) for _ in range(self.cfg.optim.update_freq)]
         data_wait = time.perf_counter() - started
         first_micro = self.env.rank * self.cfg.optim.update_freq
-        prepared = [self._prepare(batch, first_micro + index) for index, batch in enumerate(batches)]
-        total_masked = torch.stack([masks.sum() for _, _, masks, _ in prepared]).sum().float()
-        dist.all_reduce(total_masked)
+        prepared = [self.prepare(batch, first_micro + index) for index, batch in enumerate(batches)]
+        total_frames = torch.stack([p.sample_size for p in prepared]).sum()
+        dist.all_reduce(total_frames)
         # Loss sums are scaled so that the backends' average over ranks yields Σ∂L / N_total.
-        loss_factor = self.env.world_size * self.backend.loss_multiplier() / total_masked.clamp(min=1)
+        loss_factor = self.env.world_size * self.backend.loss_multiplier() / total_frames.clamp(min=1)
         layer_keep = self._layer_keep()
         losses = []
-        for index, (batch, (source, padding, masks, generator)) in enumerate(
-            zip(batches, prepared, strict=True)
-        ):
+        for index, (batch, micro) in enumerate(zip(batches, prepared, strict=True)):
             with self.backend.micro_batch(last=index == len(prepared) - 1), self.backend.autocast():
-                output = self.backend.module(
-                    source, padding, mask_indices=masks, generator=generator, layer_keep=layer_keep
-                )
-                loss, _, metrics = pretraining_loss(output, self.cfg.loss)
+                loss, metrics = self.objective.loss(self.backend.module, micro, layer_keep)
                 self.backend.backward(loss * loss_factor)
             losses.append(loss.detach())
             self.meter.add_micro_batch(loss.detach(), metrics, batch.num_samples, batch.source.shape[0])
@@ -173,31 +183,20 @@ class Trainer:
         self.state.record_update(skipped)
         self.meter.add_update(skipped, grad_norm, data_wait)
 
-    def _prepare(self, batch: Batch, micro_index: int) -> Prepared:
-        """Move a batch to the device and draw its time masks (fairseq semantics, on the device).
+    def prepare(self, batch: Batch, micro_index: int) -> Prepared:
+        """Move a batch to the device and let the objective draw its masks there.
 
-        Masks, negatives and Gumbel noise come from a generator seeded by (seed, update, index of the
-        micro-batch in the global batch): they do not depend on how the global batch is split over
-        ranks and micro-batches, and need no checkpointed state.
+        Masks, negatives and any noise of the forward pass come from a generator seeded by (seed,
+        update, index of the micro-batch in the global batch): they do not depend on how the global
+        batch is split over ranks and micro-batches, and need no checkpointed state.
         """
-        device, m = self.env.device, self.cfg.model
+        device = self.env.device
         generator = torch.Generator(device).manual_seed(
             derive_seed(self.cfg.seed, "masks", self.state.step, micro_index)
         )
         source = batch.source.to(device, non_blocking=True)
         padding = None if batch.padding_mask is None else batch.padding_mask.to(device, non_blocking=True)
-        frames = m.num_frames(source.shape[1])
-        masks = compute_mask_indices(
-            (source.shape[0], frames),
-            self.model.frame_padding_mask(padding, frames),
-            m.mask_prob,
-            m.mask_length,
-            m.mask_min_masks,
-            m.require_same_masks,
-            generator=generator,
-            device=device,
-        )
-        return source, padding, masks, generator
+        return self.objective.prepare(self.model, source, padding, generator)
 
     def _layer_keep(self) -> list[bool] | None:
         """Layer-drop decisions shared by all ranks (FSDP needs every rank to run the same layers)."""
@@ -212,7 +211,7 @@ class Trainer:
             return None
         return {
             "step": self.state.best_step,
-            "valid_loss_contrastive": self.state.best_valid_loss,
+            self.objective.spec.best_key: self.state.best_valid_loss,
             "checkpoint": str(self.cfg.checkpoint_dir / step_dir_name(self.state.best_step)),
         }
 
@@ -222,8 +221,8 @@ class Trainer:
 
     def _validate(self, reporter: Reporter) -> bool:
         """Validate (and probe) now; True if this is the best valid loss so far (after update 0)."""
-        result = self.validator.run(self.backend)
-        loss = result.metrics["valid_loss_contrastive"]
+        result = self.validator.run(self.backend.module, self.model, self.backend.autocast)
+        loss = result.metrics[self.objective.spec.best_key]
         best = self.state.step > 0 and loss < self.state.best_valid_loss
         if best:
             self.state.best_valid_loss, self.state.best_step = loss, self.state.step
@@ -237,13 +236,13 @@ class Trainer:
             dist.all_reduce(totals, group=self.env.cpu_group)
         return self.data.stream_report(totals)
 
-    def _interval_metrics(self) -> dict[str, float]:
+    def interval_metrics(self) -> dict[str, float]:
         metrics = self.meter.reduce(self.state.step, self.data.skipped())
         self.streams = self._stream_rows()
         metrics.update(stream_metrics(self.streams))
         self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
+        metrics.update(self.objective.schedule_metrics(self.model))
         metrics.update(
-            temperature=self.model.quantizer.curr_temp,
             lr=self.backend.lr(),
             skipped_updates_total=float(self.state.skipped_total.item()),
             loss_scale=self.backend.loss_scale(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from xlsr.config import DataConfig, ModelConfig, TrainConfig, ValidationConfig, validate
+from xlsr.config import SAMPLE_RATE, ConfigError, DataConfig, ModelConfig, ValidationConfig
 from xlsr.evaluation.probe import ProbeResult, lid_probe
 from xlsr.evaluation.valid_set import load_valid_set
 from xlsr.evaluation.validate import mean_pooled_output
@@ -60,19 +60,17 @@ def probe_checkpoint(
 ) -> OfflineProbe:
     model_cfg, state = load_any_weights(path)
     model = build_model(model_cfg, state).to(device).eval()
-    cfg = TrainConfig(
-        model=model_cfg,
-        data=DataConfig(
-            valid=list(indexes),
-            max_sample_size=int(crop_seconds * 16_000),
-            min_sample_size=min(16_000, int(crop_seconds * 16_000)),
-            max_tokens=int(crop_seconds * 16_000),
-            normalize=model_cfg.extractor_mode == "layer_norm",  # as the model was pretrained
-        ),
-        validation=ValidationConfig(max_seconds_per_language=max_seconds_per_language, probe_layer=layer),
+    if not 0 <= layer <= model_cfg.encoder_layers:
+        raise ConfigError(f"--layer must be in [0, {model_cfg.encoder_layers}] (0 = the last), got {layer}")
+    crop = int(crop_seconds * SAMPLE_RATE)
+    data = DataConfig(
+        valid=list(indexes),
+        max_sample_size=crop,
+        min_sample_size=min(SAMPLE_RATE, crop),
+        normalize=model_cfg.extractor_mode == "layer_norm",  # as the model was pretrained
     )
-    validate(cfg, "xlsr probe")
-    valid_set = load_valid_set(cfg)
+    validation = ValidationConfig(max_seconds_per_language=max_seconds_per_language, probe_layer=layer)
+    valid_set = load_valid_set(data, validation)
     features = torch.zeros(valid_set.size, model_cfg.encoder_embed_dim)
     with torch.no_grad(), mean_pooled_output(model, layer) as pooled:
         for utterance in valid_set.utterances:

@@ -1,20 +1,21 @@
 """`xlsr plot RUN_DIR`: the curves a person wants to see, from ``metrics.jsonl`` and ``config.yaml``.
 
-Six panels: train and valid contrastive loss against chance level log2(K+1) (a run that never leaves
-it is stuck); valid loss per language; the language-ID probe against its update-0 baseline; LR and
-Gumbel temperature; code perplexity against the codebook size (a collapse drops it); throughput.
+Six panels, named by the run's objective (`xlsr.objectives`, its `MetricSpec`): train and valid
+loss against its chance level (a run that never leaves it is stuck); valid loss per language; the
+language-ID probe against its update-0 baseline; LR and the objective's schedules (wav2vec 2.0's
+Gumbel temperature); codebook usage against the codebook size (a collapse drops it); throughput.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from xlsr.config import load_config
-from xlsr.engine.reporting import VALID_KIND, RunHistory
 from xlsr.fileio import atomic_write_with
+from xlsr.objectives import MetricSpec, build_objective
 from xlsr.process import UserError
+from xlsr.run_dir import CONFIG_NAME, HISTORY_NAME, VALID_KIND, RunHistory
 
 
 class PlotError(UserError):
@@ -36,16 +37,17 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     run_dir = Path(run_dir)
     records = RunHistory(run_dir).lines()
     if not records:
-        raise PlotError(f"{run_dir / 'metrics.jsonl'}: no metrics yet (is {run_dir} a run directory?)")
-    cfg = load_config(run_dir / "config.yaml")
+        raise PlotError(f"{run_dir / HISTORY_NAME}: no metrics yet (is {run_dir} a run directory?)")
+    cfg = load_config(run_dir / CONFIG_NAME)
+    spec = build_objective(cfg).spec
     train = [r for r in records if r.get("kind") != VALID_KIND]
     valid = [r for r in records if r.get("kind") == VALID_KIND]
     figure, axes = plt.subplots(2, 3, figsize=(16, 8.5), constrained_layout=True)
-    _losses(axes[0][0], train, valid, math.log2(cfg.model.num_negatives + 1))
-    _per_language(axes[0][1], valid)
+    _losses(axes[0][0], train, valid, spec)
+    _per_language(axes[0][1], valid, spec.loss_key)
     _probe(axes[0][2], valid)
-    _schedule(axes[1][0], train)
-    _codes(axes[1][1], train, valid, cfg.model.latent_groups * cfg.model.latent_vars)
+    _schedule(axes[1][0], train, spec.schedule_keys)
+    _codes(axes[1][1], train, valid, spec)
     _throughput(axes[1][2], train)
     figure.suptitle(f"{run_dir.name}: update {records[-1]['step']} of {cfg.last_update}")
     path = atomic_write_with(Path(out), lambda handle: figure.savefig(handle, format="png", dpi=90))
@@ -53,21 +55,21 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     return path
 
 
-def _losses(ax, train, valid, chance: float) -> None:
-    ax.plot(*_series(train, "loss_contrastive"), label="train")
-    ax.plot(*_series(valid, "valid_loss_contrastive"), "o-", label="valid")
-    ax.axhline(chance, color="grey", linestyle="--", label=f"chance log2(K+1) = {chance:.2f}")
-    ax.set(title="contrastive loss (bits)", xlabel="update")
+def _losses(ax, train, valid, spec: MetricSpec) -> None:
+    ax.plot(*_series(train, spec.loss_key), label="train")
+    ax.plot(*_series(valid, f"valid_{spec.loss_key}"), "o-", label="valid")
+    ax.axhline(spec.chance_bits, color="grey", linestyle="--", label=f"chance = {spec.chance_bits:.2f}")
+    ax.set(title=f"{spec.loss_key} (bits)", xlabel="update")
     ax.legend()
 
 
-def _per_language(ax, valid) -> None:
+def _per_language(ax, valid, loss_key: str) -> None:
     keys = sorted(
-        {k for line in valid for k in line if k.startswith("valid/") and k.endswith("/loss_contrastive")}
+        {k for line in valid for k in line if k.startswith("valid/") and k.endswith(f"/{loss_key}")}
     )
     for key in keys:
         ax.plot(*_series(valid, key), "o-", label=key.split("/")[2])
-    ax.set(title="valid contrastive loss per language (bits)", xlabel="update")
+    ax.set(title=f"valid {loss_key} per language (bits)", xlabel="update")
     if keys:
         ax.legend(fontsize=7, ncol=2)
 
@@ -81,20 +83,24 @@ def _probe(ax, valid) -> None:
     ax.legend()
 
 
-def _schedule(ax, train) -> None:
+def _schedule(ax, train, schedule_keys: tuple[str, ...]) -> None:
     ax.plot(*_series(train, "lr"), color="tab:blue")
-    ax.set(title="learning rate and Gumbel temperature", xlabel="update")
+    ax.set(title=" and ".join(("learning rate", *schedule_keys)), xlabel="update")
     ax.set_ylabel("lr", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(*_series(train, "temperature"), color="tab:orange")
-    twin.set_ylabel("temperature", color="tab:orange")
+    if schedule_keys:
+        twin = ax.twinx()
+        for key in schedule_keys:
+            twin.plot(*_series(train, key), color="tab:orange")
+        twin.set_ylabel(", ".join(schedule_keys), color="tab:orange")
 
 
-def _codes(ax, train, valid, codes: int) -> None:
-    ax.plot(*_series(train, "code_perplexity"), label="train")
-    ax.plot(*_series(valid, "valid_code_perplexity"), "o-", label="valid")
-    ax.axhline(codes, color="grey", linestyle="--", label=f"codebook size G·V = {codes}")
-    ax.set(title="code perplexity", xlabel="update", yscale="log")
+def _codes(ax, train, valid, spec: MetricSpec) -> None:
+    ax.plot(*_series(train, spec.usage_key), label="train")
+    ax.plot(*_series(valid, f"valid_{spec.usage_key}"), "o-", label="valid")
+    ax.axhline(
+        spec.codebook_size, color="grey", linestyle="--", label=f"codebook size = {spec.codebook_size}"
+    )
+    ax.set(title=spec.usage_key.replace("_", " "), xlabel="update", yscale="log")
     ax.legend()
 
 

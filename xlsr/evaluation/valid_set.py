@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xlsr.config import SAMPLE_RATE, TrainConfig
+from xlsr.config import SAMPLE_RATE, DataConfig, ValidationConfig
 from xlsr.data.shard_format import read_index
-from xlsr.data.shards import RawSample, decode_sample, iter_shard
+from xlsr.data.shards import RawSample, iter_shard
+from xlsr.data.stream import UtterancePreparer
 
 
 @dataclass
@@ -41,13 +42,16 @@ def key_hash(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogateescape"))
 
 
-def load_valid_set(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> ValidSet:
+def load_valid_set(
+    data: DataConfig, validation: ValidationConfig, rank: int = 0, world_size: int = 1
+) -> ValidSet:
     """This rank's share (every ``world_size``-th utterance from ``rank``) of the capped valid set."""
-    chosen = _choose(cfg)
+    chosen = _choose(data, validation)
     streams = sorted({(raw.corpus, raw.language) for raw in chosen})
     stream_of = {name: position for position, name in enumerate(streams)}
+    preparer = UtterancePreparer(data.normalize)
     utterances = [
-        ValidUtterance(index, raw.key, stream_of[(raw.corpus, raw.language)], _prepare(raw, cfg))
+        ValidUtterance(index, raw.key, stream_of[(raw.corpus, raw.language)], _prepare(raw, data, preparer))
         for index, raw in enumerate(chosen)
         if index % world_size == rank
     ]
@@ -55,15 +59,15 @@ def load_valid_set(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Vali
     return ValidSet(streams, len(chosen), utterances, [raw.key for raw in chosen], labels)
 
 
-def _choose(cfg: TrainConfig) -> list[RawSample]:
+def _choose(data: DataConfig, validation: ValidationConfig) -> list[RawSample]:
     """Every stream's utterances by key hash, up to the cap; streams in name order."""
     by_stream: dict[tuple[str, str], list[RawSample]] = {}
-    for path in cfg.data.valid:
+    for path in data.valid:
         for shard in read_index(path).shards:
             for raw in iter_shard(shard.url):
-                if raw.num_samples >= cfg.data.min_sample_size:
+                if raw.num_samples >= data.min_sample_size:
                     by_stream.setdefault((raw.corpus, raw.language), []).append(raw)
-    cap = cfg.validation.max_seconds_per_language * SAMPLE_RATE
+    cap = validation.max_seconds_per_language * SAMPLE_RATE
     chosen = []
     for name in sorted(by_stream):
         total = 0
@@ -71,16 +75,12 @@ def _choose(cfg: TrainConfig) -> list[RawSample]:
             if total >= cap:
                 break
             chosen.append(raw)
-            total += min(raw.num_samples, cfg.data.max_sample_size)
+            total += min(raw.num_samples, data.max_sample_size)
     return chosen
 
 
-def _prepare(raw: RawSample, cfg: TrainConfig) -> torch.Tensor:
-    wave = decode_sample(raw)
-    if cfg.data.normalize:  # over the whole utterance before cropping, as in training (fairseq)
-        wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-5)
-    crop = cfg.data.max_sample_size
-    if len(wave) > crop:
-        start = key_hash(raw.key) % (len(wave) - crop + 1)
-        wave = wave[start : start + crop]
-    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+def _prepare(raw: RawSample, data: DataConfig, preparer: UtterancePreparer) -> torch.Tensor:
+    """Cropped to ``data.max_sample_size`` at an offset derived from the key; normalised as in training."""
+    out = np.empty(min(raw.num_samples, data.max_sample_size), dtype=np.float32)
+    start = key_hash(raw.key) % (raw.num_samples - len(out) + 1)
+    return torch.from_numpy(out[: preparer(raw, out, start)])

@@ -1,8 +1,10 @@
 """Validation: the pretraining objective on held-out audio, overall and per (corpus, language).
 
 Every utterance is evaluated alone (batch of one: no padding, nothing depends on what it is batched
-with) in eval mode, with time masks and negatives drawn from a generator seeded by its key, so the
-numbers are comparable across updates, world sizes, backends and resumes. Ranks evaluate disjoint
+with) in eval mode, with the objective's masks (and negatives) drawn from a generator seeded by its
+key, so the numbers are comparable across updates, world sizes, backends and resumes. The loop
+hands over a forward module, the plain model (for the probe's hooks) and its autocast; this package
+knows neither the engine nor what the objective computes. Ranks evaluate disjoint
 shares and their sums are all-reduced; every rank runs the same number of forward passes (sharded
 backends gather parameters collectively), repeating its last utterance if it has fewer.
 
@@ -14,24 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from xlsr.config import TrainConfig
-from xlsr.engine.backends import Backend
-from xlsr.engine.distributed import DistEnv
-from xlsr.engine.metrics import BITS
 from xlsr.evaluation.probe import ProbeResult, lid_probe
 from xlsr.evaluation.valid_set import ValidSet, ValidUtterance, key_hash, load_valid_set
-from xlsr.model.loss import pretraining_loss
-from xlsr.model.masking import compute_mask_indices, sample_negatives
+from xlsr.objectives import Objective
 from xlsr.seeding import derive_seed
 
-# Per-stream sums, in this order.
-FIELDS = ("loss_contrastive", "sample_size", "correct", "prob_perplexity", "code_perplexity", "utterances")
+Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -41,13 +39,17 @@ class ValidationResult:
 
 
 class Validator:
-    def __init__(self, cfg: TrainConfig, env: DistEnv):
-        self.cfg, self.env = cfg, env
-        self.valid_set: ValidSet = load_valid_set(cfg, env.rank, env.world_size)
+    def __init__(
+        self, cfg: TrainConfig, objective: Objective, rank: int, world_size: int, device: torch.device
+    ):
+        self.cfg, self.objective, self.device = cfg, objective, device
+        self.fields = (*objective.spec.sums, "utterances")  # per-stream sums, in this order
+        self.valid_set: ValidSet = load_valid_set(cfg.data, cfg.validation, rank, world_size)
 
-    def run(self, backend: Backend) -> ValidationResult:
+    def run(self, module: nn.Module, model: nn.Module, autocast: Autocast) -> ValidationResult:
+        """Validate ``module`` (``model``, possibly wrapped; every rank calls this together)."""
         started = time.perf_counter()
-        sums, features = self._evaluate(backend)
+        sums, features = self._evaluate(module, model, autocast)
         metrics = self._metrics(sums)
         if self.cfg.validation.probe and features is not None:
             languages = sorted({language for _, language in self.valid_set.streams})
@@ -57,24 +59,28 @@ class Validator:
             metrics.update(_probe_metrics(probe, languages))
         return ValidationResult(metrics, time.perf_counter() - started)
 
-    def _evaluate(self, backend: Backend) -> tuple[torch.Tensor, torch.Tensor | None]:
-        device = self.env.device
-        sums = torch.zeros(len(self.valid_set.streams), len(FIELDS), device=device, dtype=torch.float64)
+    def _evaluate(
+        self, module: nn.Module, model: nn.Module, autocast: Autocast
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self.device
+        sums = torch.zeros(len(self.valid_set.streams), len(self.fields), device=device, dtype=torch.float64)
         dim = self.cfg.model.encoder_embed_dim
         features = torch.zeros(self.valid_set.size, dim, device=device, dtype=torch.float32)
-        was_training = backend.module.training
-        backend.module.eval()
+        was_training = module.training
+        module.eval()
         try:
-            with torch.no_grad(), self._probe_hook(backend) as pooled:
+            with torch.no_grad(), mean_pooled_output(model, self.cfg.validation.probe_layer) as pooled:
                 for utterance, counted in self._schedule():
-                    row = self._evaluate_one(backend, utterance)
+                    source = utterance.audio.to(device).unsqueeze(0)
+                    row = self._evaluate_one(module, model, autocast, source, utterance.key)
                     if self.cfg.validation.probe:
-                        self._features(backend, utterance)
+                        with autocast():
+                            self.objective.features(module, source)
                     if counted:
                         sums[utterance.stream] += row
                         features[utterance.index] = pooled[0]
         finally:
-            backend.module.train(was_training)
+            module.train(was_training)
         dist.all_reduce(sums)
         if not self.cfg.validation.probe:
             return sums, None
@@ -84,7 +90,7 @@ class Validator:
     def _schedule(self) -> Iterator[tuple[ValidUtterance, bool]]:
         """This rank's utterances, padded with repeats (not counted) to the longest share."""
         mine = self.valid_set.utterances
-        longest = torch.tensor([len(mine)], device=self.env.device)
+        longest = torch.tensor([len(mine)], device=self.device)
         dist.all_reduce(longest, op=dist.ReduceOp.MAX)
         for position in range(int(longest.item())):
             if position < len(mine):
@@ -94,44 +100,28 @@ class Validator:
             else:
                 raise RuntimeError("a rank without validation utterances cannot join the collectives")
 
-    def _evaluate_one(self, backend: Backend, utterance: ValidUtterance) -> torch.Tensor:
-        device, m = self.env.device, self.cfg.model
-        source = utterance.audio.to(device).unsqueeze(0)
-        generator = torch.Generator(device).manual_seed(
-            derive_seed(self.cfg.seed, "valid", key_hash(utterance.key))
+    def _evaluate_one(
+        self, module: nn.Module, model: nn.Module, autocast: Autocast, source: torch.Tensor, key: str
+    ) -> torch.Tensor:
+        generator = torch.Generator(self.device).manual_seed(
+            derive_seed(self.cfg.seed, "valid", key_hash(key))
         )
-        frames = m.num_frames(source.shape[1])
-        masks = compute_mask_indices(
-            (1, frames), None, m.mask_prob, m.mask_length, m.mask_min_masks, m.require_same_masks,
-            generator=generator, device=device,
-        )  # fmt: skip
-        negatives = sample_negatives(masks, m.num_negatives, generator)
-        with backend.autocast():
-            output = backend.module(source, None, mask_indices=masks, negative_indices=negatives)
-        _, _, metrics = pretraining_loss(output, self.cfg.loss)
-        values = [metrics[name] for name in FIELDS[:-1]]
-        return torch.stack(
-            [*(v.double() for v in values), torch.ones((), device=device, dtype=torch.float64)]
-        )
-
-    def _features(self, backend: Backend, utterance: ValidUtterance) -> None:
-        """An unmasked forward pass; the hook keeps the probe layer's mean-pooled output."""
-        source = utterance.audio.to(self.env.device).unsqueeze(0)
-        frames = self.cfg.model.num_frames(source.shape[1])
-        no_masks = torch.zeros(1, frames, dtype=torch.bool, device=self.env.device)
-        negatives = torch.zeros(
-            1, frames, self.cfg.model.num_negatives, dtype=torch.long, device=self.env.device
-        )
-        with backend.autocast():
-            backend.module(source, None, mask_indices=no_masks, negative_indices=negatives)
-
-    def _probe_hook(self, backend: Backend) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
-        return mean_pooled_output(backend.model, self.cfg.validation.probe_layer)
+        prepared = self.objective.prepare(model, source, None, generator)
+        with autocast():
+            _, metrics = self.objective.loss(module, prepared)
+        values = [metrics[name].double() for name in self.fields[:-1]]
+        return torch.stack([*values, torch.ones((), device=self.device, dtype=torch.float64)])
 
     def _metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        metrics = _stream_metrics("valid_", sums.sum(0).tolist())
+        metrics = self._stream_metrics("valid_", sums.sum(0).tolist())
         for (corpus, language), row in zip(self.valid_set.streams, sums.tolist(), strict=True):
-            metrics.update(_stream_metrics(f"valid/{corpus}/{language}/", row))
+            metrics.update(self._stream_metrics(f"valid/{corpus}/{language}/", row))
+        return metrics
+
+    def _stream_metrics(self, prefix: str, row: list[float]) -> dict[str, float]:
+        values = dict(zip(self.fields, row, strict=True))
+        metrics = self.objective.interval_metrics(values, values["utterances"], prefix)
+        metrics[f"{prefix}utterances"] = values["utterances"]
         return metrics
 
 
@@ -140,7 +130,7 @@ def mean_pooled_output(model: torch.nn.Module, layer: int) -> Iterator[list[torc
     """While active, ``holder[0]`` is the time-mean of transformer layer ``layer``'s output (1-based;
     0 = the last) for the first utterance of the latest forward pass."""
     pooled: list[torch.Tensor] = [torch.zeros(())]
-    layers = model.encoder.layers
+    layers = model.blocks
 
     def keep(_module, _inputs, output) -> None:
         pooled[0] = output.float().mean(dim=1)[0]
@@ -150,18 +140,6 @@ def mean_pooled_output(model: torch.nn.Module, layer: int) -> Iterator[list[torc
         yield pooled
     finally:
         handle.remove()
-
-
-def _stream_metrics(prefix: str, row: list[float]) -> dict[str, float]:
-    values = dict(zip(FIELDS, row, strict=True))
-    masked, count = max(values["sample_size"], 1.0), max(values["utterances"], 1.0)
-    return {
-        f"{prefix}loss_contrastive": values["loss_contrastive"] / masked * BITS,
-        f"{prefix}accuracy": values["correct"] / masked,
-        f"{prefix}prob_perplexity": values["prob_perplexity"] / count,
-        f"{prefix}code_perplexity": values["code_perplexity"] / count,
-        f"{prefix}utterances": values["utterances"],
-    }
 
 
 def _probe_metrics(probe: ProbeResult, languages: list[str]) -> dict[str, float]:

@@ -18,14 +18,19 @@ from __future__ import annotations
 from xlsr.config import TrainConfig
 from xlsr.engine.backends.base import Backend, Weights
 from xlsr.engine.distributed import DistEnv
+from xlsr.objectives import Objective
 
 __all__ = ["Backend", "build_backend"]
 
 
 def build_backend(
-    cfg: TrainConfig, env: DistEnv, resume_world_size: int | None, initial_weights: Weights | None
+    cfg: TrainConfig,
+    env: DistEnv,
+    objective: Objective,
+    resume_world_size: int | None,
+    initial_weights: Weights | None,
 ) -> Backend:
-    """The backend named by ``distributed.backend``, with its model built and initialised.
+    """The backend named by ``distributed.backend``, with the objective's model built and initialised.
 
     ``resume_world_size`` is the world size of the checkpoint about to be loaded (None for a fresh
     run); ``initial_weights`` are the ``checkpoint.init_from`` weights of a fresh run.
@@ -33,7 +38,7 @@ def build_backend(
     if cfg.distributed.backend == "deepspeed":
         from xlsr.engine.backends.deepspeed_backend import DeepSpeedBackend
 
-        return DeepSpeedBackend(cfg, env, resume_world_size, initial_weights)
+        return DeepSpeedBackend(cfg, env, objective, resume_world_size, initial_weights)
     from xlsr.engine.backends.torch_backend import TorchBackend
 
-    return TorchBackend(cfg, env, initial_weights)
+    return TorchBackend(cfg, env, objective, initial_weights)

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.model.encoder import SpeechEncoder
 
 # A state dict of full (unsharded) model weights, as `xlsr.pretrained.load_model_weights` returns.
 Weights = dict[str, torch.Tensor]
 
 
 class Backend(Protocol):
-    model: Wav2Vec2Model  # the plain model (schedules, frame geometry); same parameters as ``module``
+    model: SpeechEncoder  # the plain model (schedules, frame geometry); same parameters as ``module``
     module: nn.Module  # what the trainer calls for the forward pass
 
     def autocast(self) -> contextlib.AbstractContextManager: ...

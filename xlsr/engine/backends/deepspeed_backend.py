@@ -27,7 +27,7 @@ from xlsr.engine.backends.base import Weights, load_initial_weights
 from xlsr.engine.distributed import DistEnv, any_rank
 from xlsr.engine.optim import build_optimizer, build_scheduler
 from xlsr.engine.parallel import PRECISION_DTYPES, apply_activation_checkpointing
-from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.objectives import Objective
 
 UNIVERSAL_DIR = "universal"
 
@@ -66,12 +66,13 @@ class DeepSpeedBackend:
         self,
         cfg: TrainConfig,
         env: DistEnv,
+        objective: Objective,
         resume_world_size: int | None,
         initial_weights: Weights | None = None,
     ):
         self.cfg, self.env = cfg, env
         self.universal = resume_world_size is not None and resume_world_size != env.world_size
-        model = self.model = Wav2Vec2Model(cfg.model, init_seed=cfg.seed).to(env.device)
+        model = self.model = objective.build_model(init_seed=cfg.seed).to(env.device)
         if initial_weights is not None:  # before ZeRO partitions the parameters
             load_initial_weights(model, initial_weights, cfg.checkpoint.init_from, full_state_dict=False)
         apply_activation_checkpointing(model, cfg.distributed)

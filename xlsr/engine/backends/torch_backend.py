@@ -20,17 +20,19 @@ from xlsr.engine.distributed import DistEnv, any_rank
 from xlsr.engine.optim import build_optimizer, build_scheduler
 from xlsr.engine.parallel import PRECISION_DTYPES, parallelize
 from xlsr.engine.safe_load import SafeLoadPlanner, SafeReader
-from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.objectives import Objective
 
 
 class TorchBackend:
-    def __init__(self, cfg: TrainConfig, env: DistEnv, initial_weights: Weights | None = None):
+    def __init__(
+        self, cfg: TrainConfig, env: DistEnv, objective: Objective, initial_weights: Weights | None = None
+    ):
         self.cfg, self.env = cfg, env
         if cfg.distributed.backend == "fsdp":  # sharded first, then initialised shard by shard
             with torch.device("meta"):
-                self.model = Wav2Vec2Model(cfg.model)
+                self.model = objective.build_model()
         else:  # identical initial weights on every rank: the init depends on the seed alone
-            self.model = Wav2Vec2Model(cfg.model, init_seed=cfg.seed).to(env.device)
+            self.model = objective.build_model(init_seed=cfg.seed).to(env.device)
         frozen_encoder = cfg.model.feature_grad_mult == 0
         self.module = parallelize(
             self.model, cfg.distributed, env,

@@ -1,0 +1,80 @@
+"""The run directory: the one place that names and reads the files a training run writes.
+
+```
+<run_dir>/
+  config.yaml        the recipe as given (every field), written at start
+  metrics.jsonl      one JSON line per logging interval and per validation ("kind": "valid")
+  summary.json       first/last metrics, validation, best checkpoint, data streams; written at exit
+  wandb_run_id       the W&B run id, kept across requeues
+  wandb/             the W&B run (offline mode: `wandb sync` it)
+  checkpoints/       step-N/ checkpoints, best.json, the run's lock (xlsr.engine.checkpoint)
+```
+
+Torch-free: the launchers, `xlsr stats --run`, `xlsr plot` and the demo read runs through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from xlsr.fileio import atomic_write_text
+
+log = logging.getLogger("xlsr.train")
+
+CONFIG_NAME = "config.yaml"
+HISTORY_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+WANDB_ID_NAME = "wandb_run_id"
+CHECKPOINTS_NAME = "checkpoints"
+VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``summary.json`` of a run, or None when there is none (yet) or it is not a JSON object."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+class RunHistory:
+    """``metrics.jsonl`` and ``summary.json`` of a run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / HISTORY_NAME
+        self.summary_path = run_dir / SUMMARY_NAME
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The logged lines; a torn or blank line (disk full, a kill mid-write) is dropped, with a warning."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                records.append(record if isinstance(record, dict) and "step" in record else None)
+            except json.JSONDecodeError:
+                records.append(None)
+            if records[-1] is None:
+                log.warning("%s:%d is damaged (%r); the line is dropped", self.path, number, line[:80])
+                records.pop()
+        return records
+
+    def keep_until(self, step: int) -> None:
+        """Drop lines past ``step`` (and damaged ones), so a resumed run logs each update once."""
+        if not self.path.is_file():
+            return
+        raw = self.path.read_text(errors="replace").splitlines()
+        kept = [record for record in self.lines() if record["step"] <= step]
+        if len(kept) < len(raw):
+            log.warning("%s: dropped %d line(s) after update %d (retrained)", self.path.name,
+                        len(raw) - len(kept), step)  # fmt: skip
+            atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+
+    def append(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as history:
+            history.write(json.dumps({"step": step, **metrics}) + "\n")
