@@ -6,8 +6,11 @@ The rule (docs/architecture.md):
 - the library ``xlsr`` imports neither ``sharding`` nor ``launchers``;
 - ``sharding`` may import the library, never ``launchers``;
 - ``launchers`` may import the library and ``sharding``;
-- inside the library, ``xlsr.model`` and ``xlsr.data`` import nothing from ``xlsr.engine``, and
-  ``xlsr.model`` nothing from ``xlsr.data``;
+- ``sharding`` imports nothing from ``xlsr.engine`` (nor ``xlsr.evaluation``);
+- inside the library: ``xlsr.model``, ``xlsr.objectives`` and ``xlsr.data`` import nothing from
+  ``xlsr.engine`` or ``xlsr.evaluation``; ``xlsr.evaluation`` nothing from ``xlsr.engine`` (the loop
+  calls it, never the reverse); ``xlsr.model`` nothing from ``xlsr.data`` or ``xlsr.objectives``
+  (an objective builds on the model, not the other way round);
 - command-line modules (``*.cli``, ``*.__main__``, ``xlsr.demo``) are leaves: only other
   command-line modules import them;
 - there is no import cycle between modules.
@@ -78,6 +81,16 @@ def layer(module: str) -> str:
     return module.partition(".")[0]
 
 
+# (lower, upper): no module of ``lower`` imports one of ``upper``.
+LOWER_NEVER_IMPORTS_UPPER = (
+    *((lower, upper) for lower in ("xlsr.model", "xlsr.objectives", "xlsr.data", "sharding")
+      for upper in ("xlsr.engine", "xlsr.evaluation")),
+    ("xlsr.evaluation", "xlsr.engine"),
+    ("xlsr.model", "xlsr.data"),
+    ("xlsr.model", "xlsr.objectives"),
+)  # fmt: skip
+
+
 def forbidden(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None if it may."""
     if is_entry(target) and not is_entry(source):
@@ -87,11 +100,7 @@ def forbidden(source: str, target: str) -> str | None:
     allowed = {"xlsr": {"xlsr"}, "sharding": {"xlsr", "sharding"}, "launchers": set(PACKAGES)}
     if layer(target) not in allowed[layer(source)]:
         return f"{layer(source)} may not import {layer(target)}"
-    for lower, upper in (
-        ("xlsr.model", "xlsr.engine"),
-        ("xlsr.data", "xlsr.engine"),
-        ("xlsr.model", "xlsr.data"),
-    ):
+    for lower, upper in LOWER_NEVER_IMPORTS_UPPER:
         if (source == lower or source.startswith(lower + ".")) and (
             target == upper or target.startswith(upper + ".")
         ):
@@ -175,6 +184,12 @@ def test_dependency_direction(graph):
         ("sharding.writer", "launchers.local"),
         ("launchers.local", "xlsr.cli"),
         ("xlsr.model.wav2vec2", "xlsr.engine.distributed"),
+        ("xlsr.evaluation.validate", "xlsr.engine.backends"),
+        ("xlsr.evaluation.plot", "xlsr.engine.reporting"),
+        ("xlsr.objectives.wav2vec2", "xlsr.engine.metrics"),
+        ("xlsr.objectives.best_rq", "xlsr.evaluation.probe"),
+        ("xlsr.model.encoder", "xlsr.objectives.base"),
+        ("sharding.api", "xlsr.engine.reporting"),
     ],
 )
 def test_the_rule_rejects_forbidden_directions(source, target):

@@ -10,6 +10,7 @@ from xlsr.config.batch import effective_batch_hours, effective_batch_samples, fo
 from xlsr.config.loading import PRESET_KEY, dump_config, from_dict, load_config, save_config, to_dict
 from xlsr.config.presets import MODEL_PRESETS
 from xlsr.config.schema import (
+    MEL_HOP_SAMPLES,
     SAMPLE_RATE,
     BestRQConfig,
     CheckpointConfig,
@@ -28,6 +29,7 @@ from xlsr.config.schema import (
 from xlsr.config.validation import validate
 
 __all__ = [
+    "MEL_HOP_SAMPLES",
     "MODEL_PRESETS",
     "PRESET_KEY",
     "SAMPLE_RATE",

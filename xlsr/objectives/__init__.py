@@ -14,21 +14,14 @@ from collections.abc import Callable
 
 from xlsr.config import TrainConfig
 from xlsr.objectives.base import BITS, MetricSpec, Objective, Prepared
+from xlsr.objectives.best_rq import BestRQObjective
+from xlsr.objectives.wav2vec2 import Wav2Vec2Objective
 
-
-def _wav2vec2(cfg: TrainConfig) -> Objective:
-    from xlsr.objectives.wav2vec2 import Wav2Vec2Objective
-
-    return Wav2Vec2Objective(cfg)
-
-
-def _best_rq(cfg: TrainConfig) -> Objective:
-    from xlsr.objectives.best_rq import BestRQObjective
-
-    return BestRQObjective(cfg)
-
-
-OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {"wav2vec2": _wav2vec2, "best_rq": _best_rq}
+# objective.name -> the objective, built from the whole config.
+OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
+    "wav2vec2": Wav2Vec2Objective,
+    "best_rq": BestRQObjective,
+}
 
 
 def build_objective(cfg: TrainConfig) -> Objective:
