@@ -7,8 +7,9 @@ The rule (docs/architecture.md):
 - ``sharding`` may import the library, never ``launchers``;
 - ``launchers`` may import the library and ``sharding``;
 - ``sharding`` imports nothing from ``xlsr.engine`` (nor ``xlsr.evaluation``);
-- inside the library: ``xlsr.model``, ``xlsr.objectives`` and ``xlsr.data`` import nothing from
-  ``xlsr.engine`` or ``xlsr.evaluation``; ``xlsr.evaluation`` nothing from ``xlsr.engine`` (the loop
+- inside the library: ``xlsr.model``, ``xlsr.objectives``, ``xlsr.weights`` and ``xlsr.data``
+  import nothing from ``xlsr.engine`` or ``xlsr.evaluation`` (nor ``xlsr.objectives`` from
+  ``xlsr.weights``); ``xlsr.evaluation`` nothing from ``xlsr.engine`` (the loop
   calls it, never the reverse); ``xlsr.model`` nothing from ``xlsr.data`` or ``xlsr.objectives``
   (an objective builds on the model, not the other way round);
 - command-line modules (``*.cli``, ``*.__main__``, ``xlsr.demo``) are leaves: only other
@@ -83,8 +84,9 @@ def layer(module: str) -> str:
 
 # (lower, upper): no module of ``lower`` imports one of ``upper``.
 LOWER_NEVER_IMPORTS_UPPER = (
-    *((lower, upper) for lower in ("xlsr.model", "xlsr.objectives", "xlsr.data", "sharding")
+    *((lower, upper) for lower in ("xlsr.model", "xlsr.objectives", "xlsr.weights", "xlsr.data", "sharding")
       for upper in ("xlsr.engine", "xlsr.evaluation")),
+    ("xlsr.objectives", "xlsr.weights"),
     ("xlsr.evaluation", "xlsr.engine"),
     ("xlsr.model", "xlsr.data"),
     ("xlsr.model", "xlsr.objectives"),
@@ -190,6 +192,7 @@ def test_dependency_direction(graph):
         ("xlsr.objectives.best_rq", "xlsr.evaluation.probe"),
         ("xlsr.model.encoder", "xlsr.objectives.base"),
         ("sharding.api", "xlsr.engine.reporting"),
+        ("xlsr.weights.training_checkpoint", "xlsr.engine.checkpoint"),
     ],
 )
 def test_the_rule_rejects_forbidden_directions(source, target):

@@ -13,8 +13,9 @@ from run_helpers import metrics, train_args, xlsr
 from test_engine import assert_trajectories_close, global_batches, run_job  # noqa: F401 (fixture)
 
 from xlsr.config import load_config
-from xlsr.engine.checkpoint import complete_checkpoints, load_model_state
+from xlsr.engine.checkpoint import complete_checkpoints
 from xlsr.objectives import build_objective
+from xlsr.weights import load_model_state
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,12 @@ import torch
 
 from xlsr.config import DataConfig, DistributedConfig, load_config
 from xlsr.data.loader import DataStream
-from xlsr.engine.checkpoint import complete_checkpoints, load_model_state
+from xlsr.engine.checkpoint import complete_checkpoints
 from xlsr.engine.parallel import apply_activation_checkpointing
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import compute_mask_indices
 from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.weights import load_model_state
 
 pytestmark = pytest.mark.slow
 

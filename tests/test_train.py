@@ -86,7 +86,7 @@ def assert_hf_matches(checkpoint: Path, hf_dir: Path) -> None:
     import torch
     from transformers import Wav2Vec2ForPreTraining
 
-    from xlsr.pretrained import load_pretrained
+    from xlsr.weights import load_pretrained
 
     ours = load_pretrained(checkpoint)
     theirs = Wav2Vec2ForPreTraining.from_pretrained(hf_dir).eval()

@@ -1,15 +1,13 @@
-"""Pretrained weights in and out: the Python API behind `xlsr export` and `xlsr import`.
+"""Writing weights for others: the Python API behind `xlsr export` and `xlsr import`.
 
-Formats it reads (``load_model_weights``):
-- an xlsr training checkpoint, ``<run>/checkpoints/step-N/`` (DCP or DeepSpeed files + config.yaml);
-- an xlsr model file written by `xlsr import` (``.pt``: {"format": "xlsr-model", "model_config",
-  "model"}), which ``checkpoint.init_from`` accepts to continue pretraining;
-- a Hugging Face ``Wav2Vec2ForPreTraining`` directory (config.json + safetensors or .bin);
-- a fairseq checkpoint (``.pt``), loaded without executing pickled code.
+Both read through `xlsr.weights.read_weights` (every format xlsr reads). `xlsr export --to hf`
+writes a Hugging Face directory: ``Wav2Vec2ForPreTraining`` for wav2vec 2.0, the bare encoder
+(``Wav2Vec2Model``) for other objectives, whose heads HF has no class for. `xlsr import` writes an
+xlsr model file (`xlsr.weights.model_file`) for ``checkpoint.init_from``.
 
 Example::
 
-    model = load_pretrained("runs/xlsr300m/checkpoints/step-01000000")
+    model = load_pretrained("runs/xlsr300m/checkpoints/step-01000000")  # from xlsr.weights
     hidden, frame_padding = model.encode(waveforms, padding_mask)
 """
 
@@ -22,22 +20,13 @@ from typing import Literal
 
 import torch
 
-from xlsr.config import ModelConfig, from_dict, load_config, to_dict
-from xlsr.engine.checkpoint import load_model_state
 from xlsr.fileio import atomic_write_text, atomic_write_with, fsync_dir, temporary_sibling
-from xlsr.model.interop import (
-    UnreadableCheckpointError,
-    from_hf_state_dict,
-    hf_config_dict,
-    hf_preprocessor_config_dict,
-    load_fairseq_checkpoint,
-    model_config_from_hf,
-    to_hf_state_dict,
-)
-from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.model.interop import hf_config_dict, hf_preprocessor_config_dict, to_hf_state_dict
 from xlsr.process import UserError
+from xlsr.weights import ModelWeights, read_fairseq, read_weights
+from xlsr.weights.hf import is_hf_directory, read_hf_directory
+from xlsr.weights.model_file import load_model_file, model_file_contents
 
-XLSR_MODEL_FORMAT = "xlsr-model"
 # Written into every HF export; only a directory holding it may be replaced (with overwrite).
 EXPORT_MARKER = "xlsr_export.json"
 # Files that make a directory (or one of its parents) a training checkpoint.
@@ -48,78 +37,11 @@ class OutputExistsError(UserError):
     pass
 
 
-def load_model_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, full state dict) of any supported checkpoint, on the CPU."""
-    path = Path(path)
-    if path.is_dir() and (path / "trainer.pt").is_file():
-        return load_config(path / "config.yaml").model, load_model_state(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        return _load_hf(path)
-    if path.is_file():
-        data = _load_model_file(path)
-        return from_dict(ModelConfig, data["model_config"], source=str(path)), data["model"]
-    if path.exists():
-        raise UnreadableCheckpointError(
-            f"{path}: a directory that is neither a training checkpoint (trainer.pt) nor an HF model "
-            "(config.json)"
-        )
-    raise FileNotFoundError(
-        f"{path}: expected a training checkpoint (step-N/), an xlsr model file, or an HF model directory"
-    )
-
-
-def _load_model_file(path: Path) -> dict:
-    """An `xlsr import` file, refused with one line if it is anything else."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # garbage, text or truncated files raise many types
-        raise UnreadableCheckpointError(
-            f"{path}: not an xlsr model file ({type(exc).__name__}); `xlsr import --from fairseq` "
-            "converts fairseq files"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != XLSR_MODEL_FORMAT:
-        raise UnreadableCheckpointError(
-            f"{path}: not an xlsr model file (use `xlsr import --from fairseq` for fairseq files)"
-        )
-    return data
-
-
-def _load_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    try:
-        cfg = model_config_from_hf(json.loads((directory / "config.json").read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UnreadableCheckpointError(
-            f"{directory / 'config.json'}: not a wav2vec 2.0 config ({exc})"
-        ) from None
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        hf_state = load_file(directory / "model.safetensors")
-    elif (directory / "pytorch_model.bin").is_file():
-        hf_state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    return cfg, from_hf_state_dict(hf_state, cfg)
-
-
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Wav2Vec2Model:
-    model = Wav2Vec2Model(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UnreadableCheckpointError(f"weights do not fit the model config: {exc}") from None
-    return model
-
-
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Wav2Vec2Model:
-    """A model in eval mode from any supported checkpoint."""
-    return build_model(*load_model_weights(path)).to(device).eval()
-
-
 def export_checkpoint(
     path: str | Path, out_dir: str | Path, target: Literal["hf"] = "hf", overwrite: bool = False
 ) -> Path:
-    """Write an HF ``Wav2Vec2ForPreTraining`` directory (config, preprocessor config, safetensors).
+    """Write an HF directory (config, preprocessor config, safetensors): ``Wav2Vec2ForPreTraining``
+    for a wav2vec 2.0 model, the bare ``Wav2Vec2Model`` encoder for other objectives.
 
     ``out_dir`` must not exist, be empty, or — with ``overwrite`` — be an earlier xlsr HF export;
     it may not lie inside a checkpoint. Nothing else is ever replaced or deleted.
@@ -128,25 +50,30 @@ def export_checkpoint(
         raise ValueError(f"unknown export target {target!r}")
     out_dir = Path(out_dir)
     _check_export_target(Path(path), out_dir, overwrite)
-    cfg, state = load_model_weights(path)
-    build_model(cfg, state)  # validate before writing anything
+    weights = read_weights(path)
+    weights.build()  # validate before writing anything
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(out_dir)
     try:
         tmp.mkdir()
-        _write_hf_export(tmp, cfg, state)
+        _write_hf_export(tmp, weights)
         _replace_directory(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def _write_hf_export(directory: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+def _write_hf_export(directory: Path, weights: ModelWeights) -> None:
     from safetensors.torch import save_file
 
+    cfg, whole = weights.model, weights.objective.name == "wav2vec2"
+    state = weights.state if whole else weights.encoder_state()
     hf_state = {k: v.contiguous() for k, v in to_hf_state_dict(state).items()}
     save_file(hf_state, directory / "model.safetensors", metadata={"format": "pt"})
-    atomic_write_text(directory / "config.json", json.dumps(hf_config_dict(cfg), indent=2))
+    config = hf_config_dict(cfg)
+    if not whole:
+        config["architectures"] = ["Wav2Vec2Model"]
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
     preprocessor = hf_preprocessor_config_dict(cfg.extractor_mode == "layer_norm", cfg.extractor_mode)
     atomic_write_text(directory / "preprocessor_config.json", json.dumps(preprocessor, indent=2))
     atomic_write_text(directory / EXPORT_MARKER, json.dumps({"kind": "hf", "writer": "xlsr export"}))
@@ -199,16 +126,16 @@ def import_checkpoint(
     out = Path(out)
     _check_import_target(out, overwrite)
     if source_format == "fairseq":
-        cfg, state = load_fairseq_checkpoint(source)
+        weights = read_fairseq(Path(source))
     elif source_format == "hf":
-        if not Path(source, "config.json").is_file():
+        if not is_hf_directory(Path(source)):
             raise FileNotFoundError(f"{source}: not an HF model directory (no config.json)")
-        cfg, state = _load_hf(Path(source))
+        weights = read_hf_directory(Path(source))
     else:
         raise ValueError(f"unknown import format {source_format!r}")
-    build_model(cfg, state)
-    model_file = {"format": XLSR_MODEL_FORMAT, "version": 1, "model_config": to_dict(cfg), "model": state}
-    return atomic_write_with(out, lambda handle: torch.save(model_file, handle))
+    weights.build()
+    contents = model_file_contents(weights)
+    return atomic_write_with(out, lambda handle: torch.save(contents, handle))
 
 
 def _check_import_target(out: Path, overwrite: bool) -> None:
@@ -218,4 +145,4 @@ def _check_import_target(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    _load_model_file(out)  # refuses anything that is not an earlier `xlsr import` file
+    load_model_file(out)  # refuses anything that is not an earlier `xlsr import` file

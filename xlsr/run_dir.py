@@ -7,7 +7,10 @@
   summary.json       first/last metrics, validation, best checkpoint, data streams; written at exit
   wandb_run_id       the W&B run id, kept across requeues
   wandb/             the W&B run (offline mode: `wandb sync` it)
-  checkpoints/       step-N/ checkpoints, best.json, the run's lock (xlsr.engine.checkpoint)
+  checkpoints/       the checkpoints (xlsr.engine.checkpoint writes them)
+    step-NNNNNNNN/     one checkpoint: the backend's files (DCP .metadata + shards, or DeepSpeed's),
+                       trainer.pt, rank-RRRRR.pt, config.yaml, meta.json, manifest.json
+    best.json          the best checkpoint by the objective's validation metric
 ```
 
 Torch-free: the launchers, `xlsr stats --run`, `xlsr plot` and the demo read runs through it.
@@ -31,14 +34,21 @@ WANDB_ID_NAME = "wandb_run_id"
 CHECKPOINTS_NAME = "checkpoints"
 VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
 
+# Inside a checkpoint directory.
+TRAINER_STATE_NAME = "trainer.pt"
+META_NAME = "meta.json"  # {"step", "backend", ...}: which reader its weights need
+MANIFEST_NAME = "manifest.json"
+BEST_NAME = "best.json"  # beside the step directories
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """``summary.json`` of a run, or None when there is none (yet) or it is not a JSON object."""
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of a run (summary, meta, manifest, best), or None when it is absent,
+    unreadable or not an object."""
     try:
-        summary = json.loads((Path(run_dir) / SUMMARY_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 class RunHistory:

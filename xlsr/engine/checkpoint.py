@@ -30,20 +30,24 @@ import torch.distributed as dist
 
 from xlsr.config import TrainConfig, dump_config
 from xlsr.engine.checkpoint_files import (
-    MANIFEST_NAME,
-    META_NAME,
-    TRAINER_STATE_NAME,
     checkpoint_files,
     complete_checkpoints,
     describe_files,
     quick_check,
-    read_json,
     step_dir_name,
     verify_slice,
 )
 from xlsr.engine.distributed import DistEnv
 from xlsr.fileio import atomic_write_text, fsync_dir, publish_directory
 from xlsr.process import UserError
+from xlsr.run_dir import (
+    BEST_NAME,
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    META_NAME,
+    TRAINER_STATE_NAME,
+    read_json_object,
+)
 
 if TYPE_CHECKING:
     from xlsr.engine.backends import Backend
@@ -54,13 +58,11 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "complete_checkpoints",
-    "load_model_state",
     "read_trainer_state",
 ]
 
 # trainer.pt before format 2 held the train state's keys at the top level.
 TRAINER_STATE_FORMAT = 2
-BEST_NAME = "best.json"
 _LEGACY_TRAIN_KEYS = ("step", "skipped_total", "wandb_run_id")
 
 
@@ -170,7 +172,7 @@ class Checkpointer:
                 **{name: part.state_dict() for name, part in shared.items()},
             }
             torch.save(state, tmp / TRAINER_STATE_NAME)
-            (tmp / "config.yaml").write_text(dump_config(self.cfg))
+            (tmp / CONFIG_NAME).write_text(dump_config(self.cfg))
             meta = {
                 "step": step,
                 "world_size": self.env.world_size,
@@ -215,7 +217,7 @@ class Checkpointer:
             atomic_write_text(self.root / BEST_NAME, json.dumps(best, indent=2))
 
     def best_step(self) -> int | None:
-        best = read_json(self.root / BEST_NAME) or {}
+        best = read_json_object(self.root / BEST_NAME) or {}
         return best.get("step") if isinstance(best.get("step"), int) else None
 
     def _remove_stale_temporaries(self) -> None:
@@ -250,7 +252,7 @@ class Checkpointer:
         fsync_dir(self.root)
 
     def _is_ours(self, path: Path) -> bool:
-        meta = read_json(path / META_NAME) or {}
+        meta = read_json_object(path / META_NAME) or {}
         return self.run_uid is not None and meta.get("run_uid") == self.run_uid
 
     # -- loading ------------------------------------------------------------------------------------
@@ -285,21 +287,3 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
             "backend": state["backend"],
         }
     return state
-
-
-def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Full (unsharded) model weights of a training checkpoint, readable without a process group."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    from xlsr.engine.safe_load import SafeFullLoadPlanner, SafeReader
-
-    path = Path(path)
-    if (read_json(path / META_NAME) or {}).get("backend") == "deepspeed":
-        from xlsr.engine.backends.deepspeed_backend import load_fp32_model_state
-
-        return load_fp32_model_state(path)
-    if not (path / ".metadata").is_file():
-        raise CheckpointError(f"{path} is not a checkpoint directory (no .metadata)")
-    state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=SafeReader(path), planner=SafeFullLoadPlanner(), no_dist=True)
-    return state["model"]

@@ -9,7 +9,6 @@ older xlsr) is checked structurally instead.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from pathlib import Path
@@ -18,11 +17,9 @@ from typing import Any
 import torch
 
 from xlsr.fileio import fsync_file
+from xlsr.run_dir import MANIFEST_NAME, META_NAME, TRAINER_STATE_NAME, read_json_object
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-MANIFEST_NAME = "manifest.json"
-META_NAME = "meta.json"
-TRAINER_STATE_NAME = "trainer.pt"
 _CHUNK = 8 << 20
 
 
@@ -74,17 +71,9 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def manifest_slice(directory: Path, rank: int, world_size: int) -> tuple[dict[str, Any] | None, list[str]]:
     """The manifest's entries and this rank's share of its file names (None if there is no manifest)."""
-    manifest = read_json(directory / MANIFEST_NAME)
+    manifest = read_json_object(directory / MANIFEST_NAME)
     if manifest is None or not isinstance(manifest.get("files"), dict):
         return None, []
     return manifest["files"], sorted(manifest["files"])[rank::world_size]
@@ -142,7 +131,7 @@ def _verify_legacy(directory: Path) -> str | None:
         return f"{TRAINER_STATE_NAME} is unreadable ({type(exc).__name__})"
     if not isinstance(state, dict) or "world_size" not in state:
         return f"{TRAINER_STATE_NAME} is not a trainer state"
-    meta = read_json(directory / META_NAME) or {}
+    meta = read_json_object(directory / META_NAME) or {}
     if meta.get("backend") != "deepspeed" and not (directory / ".metadata").is_file():
         return "model state incomplete (no .metadata)"
     for rank in range(int(state["world_size"])):

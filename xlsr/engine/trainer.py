@@ -28,6 +28,7 @@ from xlsr.config import SAMPLE_RATE, TrainConfig, effective_batch_hours, for_wor
 from xlsr.data.loader import DataStream
 from xlsr.data.stream import Batch
 from xlsr.engine.backends import build_backend
+from xlsr.engine.backends.base import Weights
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
 from xlsr.engine.checkpoint_files import step_dir_name
 from xlsr.engine.distributed import DistEnv, any_rank_host
@@ -39,6 +40,7 @@ from xlsr.objectives import Objective, Prepared, build_objective
 from xlsr.process import StopRequest
 from xlsr.run_dir import CONFIG_NAME, RunHistory
 from xlsr.seeding import derive_seed
+from xlsr.weights import ENCODER_PREFIXES, UnreadableCheckpointError, read_weights
 
 log = logging.getLogger("xlsr.train")
 
@@ -54,8 +56,8 @@ class Trainer:
         self.resume_from = self.checkpointer.resume_path()
         torch.manual_seed(cfg.seed)  # dropout and other draws from the global generators
         resume_world = read_trainer_state(self.resume_from)["world_size"] if self.resume_from else None
-        initial = _init_from_weights(cfg) if self.resume_from is None else None
         self.objective: Objective = build_objective(cfg)
+        initial = _init_from_weights(cfg, self.objective) if self.resume_from is None else None
         self.backend = build_backend(cfg, env, self.objective, resume_world, initial)
         if initial is not None and env.is_main:
             log.info("initialized weights from %s", cfg.checkpoint.init_from)
@@ -281,10 +283,27 @@ def _log_effective_batch(cfg: TrainConfig, world_size: int) -> None:
                  hours, world_size, cfg.optim.update_freq, cfg.data.max_tokens)  # fmt: skip
 
 
-def _init_from_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
-    """Weights named by ``checkpoint.init_from`` (an `xlsr import` file, HF directory or checkpoint)."""
+def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None:
+    """Weights named by ``checkpoint.init_from`` (any format `xlsr.weights` reads).
+
+    Weights trained with the run's objective initialise the whole model. Weights of another
+    objective (e.g. a released wav2vec 2.0 model under a BEST-RQ run) initialise the shared encoder,
+    all of whose parameters they must hold; the run's objective head starts from its own init.
+    """
     if not cfg.checkpoint.init_from:
         return None
-    from xlsr.pretrained import load_model_weights
-
-    return load_model_weights(cfg.checkpoint.init_from)[1]
+    weights = read_weights(cfg.checkpoint.init_from)
+    source = cfg.checkpoint.init_from
+    if weights.objective.name == cfg.objective.name:
+        return Weights(weights.state, source)
+    encoder = weights.encoder_state()
+    with torch.device("meta"):
+        needed = [key for key in objective.build_model().state_dict() if key.startswith(ENCODER_PREFIXES)]
+    missing = sorted(set(needed) - set(encoder))
+    if missing:
+        raise UnreadableCheckpointError(
+            f"checkpoint.init_from={source} has no weights for {', '.join(missing[:5])}"
+        )
+    log.info("checkpoint.init_from=%s was trained with %s: its encoder initialises this %s run, whose "
+             "head starts fresh", source, weights.objective.name, cfg.objective.name)  # fmt: skip
+    return Weights(encoder, source, strict=False)

@@ -1,8 +1,8 @@
 """`xlsr probe`: the language-ID probe on any checkpoint, outside training.
 
-Accepts what `xlsr.pretrained.load_model_weights` reads (a training checkpoint, an `xlsr import`
-file, an HF export) and fairseq ``.pt`` files directly, so a run can be compared with a released
-model on the same held-out data.
+Accepts whatever `xlsr.weights.read_weights` reads (a training checkpoint of any objective, an
+`xlsr import` file, an HF directory, a fairseq ``.pt``), so a run can be compared with a released
+model on the same held-out data. Only the encoder is needed.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from xlsr.config import SAMPLE_RATE, ConfigError, DataConfig, ModelConfig, ValidationConfig
+from xlsr.config import SAMPLE_RATE, ConfigError, DataConfig, ValidationConfig
 from xlsr.evaluation.probe import ProbeResult, lid_probe
 from xlsr.evaluation.valid_set import load_valid_set
 from xlsr.evaluation.validate import mean_pooled_output
-from xlsr.model.interop import UnreadableCheckpointError, load_fairseq_checkpoint
-from xlsr.pretrained import build_model, load_model_weights
+from xlsr.weights import read_weights
 
 
 @dataclass
@@ -40,16 +39,6 @@ class OfflineProbe:
         }
 
 
-def load_any_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Our formats, or a fairseq checkpoint file."""
-    try:
-        return load_model_weights(path)
-    except UnreadableCheckpointError:
-        if not Path(path).is_file():
-            raise
-        return load_fairseq_checkpoint(path)
-
-
 def probe_checkpoint(
     path: str | Path,
     indexes: list[str],
@@ -58,8 +47,8 @@ def probe_checkpoint(
     crop_seconds: float = 20.0,
     device: str = "cpu",
 ) -> OfflineProbe:
-    model_cfg, state = load_any_weights(path)
-    model = build_model(model_cfg, state).to(device).eval()
+    weights = read_weights(path)
+    model_cfg, model = weights.model, weights.build(encoder_only=True).to(device).eval()
     if not 0 <= layer <= model_cfg.encoder_layers:
         raise ConfigError(f"--layer must be in [0, {model_cfg.encoder_layers}] (0 = the last), got {layer}")
     crop = int(crop_seconds * SAMPLE_RATE)

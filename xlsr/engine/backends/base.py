@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,9 +13,17 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from xlsr.model.encoder import SpeechEncoder
+from xlsr.weights import UnreadableCheckpointError
 
-# A state dict of full (unsharded) model weights, as `xlsr.pretrained.load_model_weights` returns.
-Weights = dict[str, torch.Tensor]
+
+@dataclass
+class Weights:
+    """``checkpoint.init_from`` weights for a fresh run: a full (unsharded) state dict; ``strict`` =
+    every parameter of the model, else only the encoder's (the objective's head starts fresh)."""
+
+    state: dict[str, torch.Tensor]
+    source: str
+    strict: bool = True
 
 
 class Backend(Protocol):
@@ -53,12 +62,15 @@ class Backend(Protocol):
         ...
 
 
-def load_initial_weights(module: nn.Module, weights: Weights, source: str, full_state_dict: bool) -> None:
+def load_initial_weights(module: nn.Module, weights: Weights, full_state_dict: bool) -> None:
     """Load ``checkpoint.init_from`` weights; a model that does not fit is a user error naming the file."""
     try:
         if full_state_dict:  # DDP or FSDP2: each rank keeps its shard of the full state
-            set_model_state_dict(module, weights, options=StateDictOptions(full_state_dict=True))
+            options = StateDictOptions(full_state_dict=True, strict=weights.strict)
+            set_model_state_dict(module, weights.state, options=options)
         else:
-            module.load_state_dict(weights)
+            module.load_state_dict(weights.state, strict=weights.strict)
     except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"checkpoint.init_from={source} does not fit the configured model: {exc}") from None
+        raise UnreadableCheckpointError(
+            f"checkpoint.init_from={weights.source} does not fit the configured model: {exc}"
+        ) from None

@@ -74,7 +74,7 @@ class DeepSpeedBackend:
         self.universal = resume_world_size is not None and resume_world_size != env.world_size
         model = self.model = objective.build_model(init_seed=cfg.seed).to(env.device)
         if initial_weights is not None:  # before ZeRO partitions the parameters
-            load_initial_weights(model, initial_weights, cfg.checkpoint.init_from, full_state_dict=False)
+            load_initial_weights(model, initial_weights, full_state_dict=False)
         apply_activation_checkpointing(model, cfg.distributed)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
         scheduler = build_scheduler(self.optimizer, cfg.optim)
@@ -198,10 +198,3 @@ def convert_to_universal(directory: Path) -> None:
         check=True,
     )  # fmt: skip
     tmp.rename(output)
-
-
-def load_fp32_model_state(directory: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a DeepSpeed checkpoint, without a process group."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(directory.parent), tag=directory.name)

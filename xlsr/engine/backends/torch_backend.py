@@ -19,8 +19,8 @@ from xlsr.engine.backends.base import Weights, load_initial_weights
 from xlsr.engine.distributed import DistEnv, any_rank
 from xlsr.engine.optim import build_optimizer, build_scheduler
 from xlsr.engine.parallel import PRECISION_DTYPES, parallelize
-from xlsr.engine.safe_load import SafeLoadPlanner, SafeReader
 from xlsr.objectives import Objective
+from xlsr.weights.safe_load import SafeLoadPlanner, SafeReader
 
 
 class TorchBackend:
@@ -39,7 +39,7 @@ class TorchBackend:
             find_unused_parameters=cfg.model.encoder_layerdrop > 0 or frozen_encoder, init_seed=cfg.seed,
         )  # fmt: skip
         if initial_weights is not None:
-            load_initial_weights(self.module, initial_weights, cfg.checkpoint.init_from, full_state_dict=True)
+            load_initial_weights(self.module, initial_weights, full_state_dict=True)
         self.optimizer = build_optimizer(self.module.parameters(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.fp16 = cfg.distributed.precision == "fp16"
