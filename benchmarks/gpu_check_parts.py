@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from xlsr.config import SAMPLE_RATE, load_config  # noqa: E402
-from xlsr.data.stream import Batch  # noqa: E402
+from xlsr.data.source import FixedSource  # noqa: E402
+from xlsr.data.stages import Batch  # noqa: E402
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
 from xlsr.engine.trainer import Trainer  # noqa: E402
 from xlsr.fileio import atomic_write_text  # noqa: E402
@@ -105,27 +106,19 @@ def dry_run_model(ctx: Context, config: str) -> str:
     return "tiny.yaml" if ctx.dry_run else config
 
 
-class RepeatedBatch:
-    """The trainer's data interface over one synthetic batch of equal-length crops, repeated, so that
-    no loader time enters the measurement (pinned on a GPU machine, as the DataLoader pins)."""
+class RepeatedBatch(FixedSource):
+    """A data source of one synthetic batch of equal-length crops, repeated, so that no loader time
+    enters the measurement (pinned on a GPU machine, as the DataLoader pins)."""
 
     def __init__(self, crops: int, samples: int, pin: bool, seed: int = 0):
+        super().__init__()
         source = torch.randn(crops, samples, generator=torch.Generator().manual_seed(seed))
-        self.batch = Batch(source=source, padding_mask=None, num_samples=crops * samples)
+        self.repeated = Batch(source=source, padding_mask=None, num_samples=crops * samples)
         if pin:
-            self.batch.pin_memory()
+            self.repeated.pin_memory()
 
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
-    def __next__(self) -> Batch:
-        return self.batch
-
-    def skipped(self) -> dict[str, int]:
-        return {}
-
-    def close(self) -> None:
-        pass
+    def batch(self, index: int) -> Batch:
+        return self.repeated
 
 
 def release(trainer: Trainer | None) -> None:

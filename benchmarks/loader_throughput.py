@@ -2,9 +2,9 @@
 
 Two contenders, measured in the same run on the same shards, their repeats interleaved:
 
-- **decode only**: read the tars with ``xlsr.data.shards.iter_shard`` and decode every whole sample with
-  ``xlsr.data.shards.decode_sample_into`` (the loader's decoder) into one reused buffer, timing only the
-  decode calls. This is the ceiling: FLAC decoding and nothing else.
+- **decode only**: read the tars with ``xlsr.data.shard_readers.iter_shard`` and decode every whole
+  sample with ``xlsr.data.shards.decode_sample_into`` (the loader's decoder) into one reused buffer,
+  timing only the decode calls. This is the ceiling: FLAC decoding and nothing else.
 - **loader**: ``xlsr.data.loader.DataStream`` with ``num_workers=0`` (one in-process slot, so one core):
   tar reading, upsampled mixing, shuffle buffer, buckets, decode, normalize, crop, pad, collate.
   The rate counts the full length of every utterance that entered a batch, so it is comparable with the
@@ -50,7 +50,8 @@ import torch  # noqa: E402
 from xlsr.config import load_config  # noqa: E402
 from xlsr.data.loader import DataStream  # noqa: E402
 from xlsr.data.shard_format import INDEX_NAME, read_index  # noqa: E402
-from xlsr.data.shards import decode_sample_into, iter_shard  # noqa: E402
+from xlsr.data.shard_readers import iter_shard  # noqa: E402
+from xlsr.data.shards import decode_sample_into  # noqa: E402
 from xlsr.fileio import atomic_write_text  # noqa: E402
 
 SAMPLE_RATE = 16_000
@@ -147,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, index: Path) -> int:
     cfg = load_config(args.config, [f"data.train=[{index}]", "data.num_workers=0", *args.overrides])
-    data_cfg = cfg.data
     shards = read_index(index).shards
     urls = [s.url for s in shards]
     corpus_seconds = sum(s.seconds for s in shards)
@@ -156,63 +156,93 @@ def run(args: argparse.Namespace, index: Path) -> int:
 
     # Warm-up: page cache, imports, and the loader's shuffle buffer (filled before the first batch).
     _, _, _, lengths = decode_round(urls)
-    stream = DataStream(data_cfg, seed=cfg.seed)
+    stream = DataStream(cfg.data, seed=cfg.seed)
     loader_round(stream, lengths, min(seconds, 60.0))
-
-    decode_rates, decode_wall, loader_rates, loader_wall, delivered, batches = [], [], [], [], [], []
-    for r in range(args.rounds):
-        for contender in ("decode", "loader") if r % 2 == 0 else ("loader", "decode"):
-            if contender == "decode":
-                audio_s, cpu, wall, _ = decode_round(urls, passes)
-                decode_rates.append(audio_s / cpu)
-                decode_wall.append(audio_s / wall)
-            else:
-                res = loader_round(stream, lengths, seconds)
-                loader_rates.append(res["decoded_s"] / res["cpu"])
-                loader_wall.append(res["decoded_s"] / res["wall"])
-                delivered.append(res["delivered_s"] / res["decoded_s"])
-                batches.append(res["batches"])
-
-    decode_rate, loader_rate = statistics.median(decode_rates), statistics.median(loader_rates)
+    rounds = measure_rounds(args.rounds, urls, passes, stream, lengths, seconds)
     result = {
         "index": str(index),
         "config": args.config,
         "overrides": args.overrides,
-        "data": dataclasses.asdict(data_cfg),
+        "data": dataclasses.asdict(cfg.data),
         "shards": len(shards),
         "corpus_seconds": corpus_seconds,
         "seconds_per_round": seconds,
         "rounds": args.rounds,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "soundfile": soundfile.__version__,
-            "libsndfile": soundfile.__libsndfile_version__,
-        },
-        "decode_only_x_realtime_per_core": decode_rate,
-        "loader_x_realtime_per_core": loader_rate,
-        "ratio": loader_rate / decode_rate,
-        "decode_only_x_realtime_wall": statistics.median(decode_wall),
-        "loader_x_realtime_wall": statistics.median(loader_wall),
-        "ratio_wall": statistics.median(loader_wall) / statistics.median(decode_wall),
-        "delivered_over_decoded": statistics.median(delivered),
-        "batches_per_round": statistics.median(batches),
-        "all": {"decode": decode_rates, "loader": loader_rates},
+        "machine": machine(),
+        **summarise(rounds),
+    }
+    print_result(args, result)
+    if args.workers > 0:
+        result["workers"] = time_workers(args, cfg, lengths, seconds)
+    if args.profile:
+        profile_loader(stream, lengths, seconds)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def measure_rounds(
+    rounds: int, urls: list[str], passes: int, stream: DataStream, lengths: dict[str, int], seconds: float
+) -> dict[str, list[float]]:
+    """Decode-only and loader rounds, interleaved (alternating which goes first)."""
+    measured: dict[str, list[float]] = {
+        key: [] for key in ("decode", "decode_wall", "loader", "loader_wall", "delivered", "batches")
+    }
+    for r in range(rounds):
+        for contender in ("decode", "loader") if r % 2 == 0 else ("loader", "decode"):
+            if contender == "decode":
+                audio_s, cpu, wall, _ = decode_round(urls, passes)
+                measured["decode"].append(audio_s / cpu)
+                measured["decode_wall"].append(audio_s / wall)
+            else:
+                res = loader_round(stream, lengths, seconds)
+                measured["loader"].append(res["decoded_s"] / res["cpu"])
+                measured["loader_wall"].append(res["decoded_s"] / res["wall"])
+                measured["delivered"].append(res["delivered_s"] / res["decoded_s"])
+                measured["batches"].append(res["batches"])
+    return measured
+
+
+def summarise(measured: dict[str, list[float]]) -> dict:
+    median = {key: statistics.median(values) for key, values in measured.items()}
+    return {
+        "decode_only_x_realtime_per_core": median["decode"],
+        "loader_x_realtime_per_core": median["loader"],
+        "ratio": median["loader"] / median["decode"],
+        "decode_only_x_realtime_wall": median["decode_wall"],
+        "loader_x_realtime_wall": median["loader_wall"],
+        "ratio_wall": median["loader_wall"] / median["decode_wall"],
+        "delivered_over_decoded": median["delivered"],
+        "batches_per_round": median["batches"],
+        "all": {"decode": measured["decode"], "loader": measured["loader"]},
     }
 
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "soundfile": soundfile.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+    }
+
+
+def print_result(args: argparse.Namespace, result: dict) -> None:
+    data_cfg = result["data"]
     print(
-        f"{len(shards)} shards, {corpus_seconds / 60:.1f} min of audio ({index}); data from {args.config} "
-        f"{' '.join(args.overrides)}: normalize={data_cfg.normalize}, "
-        f"max_sample_size={data_cfg.max_sample_size}, max_tokens={data_cfg.max_tokens}, "
-        f"shuffle_buffer={data_cfg.shuffle_buffer}"
+        f"{result['shards']} shards, {result['corpus_seconds'] / 60:.1f} min of audio ({result['index']}); "
+        f"data from {args.config} {' '.join(args.overrides)}: normalize={data_cfg['normalize']}, "
+        f"max_sample_size={data_cfg['max_sample_size']}, max_tokens={data_cfg['max_tokens']}, "
+        f"shuffle_buffer={data_cfg['shuffle_buffer']}"
     )
     print(
         f"median of {args.rounds} interleaved rounds; × real time = audio seconds / CPU seconds, one core "
         f"(wall clock in brackets)"
     )
+    decode_rate, loader_rate = result["decode_only_x_realtime_per_core"], result["loader_x_realtime_per_core"]
     print(f"  decode only : {decode_rate:>8.0f}× real time  ({result['decode_only_x_realtime_wall']:.0f}×)")
     print(f"  loader      : {loader_rate:>8.0f}× real time  ({result['loader_x_realtime_wall']:.0f}×)")
     verdict = "meets" if result["ratio"] >= 0.85 else "BELOW"
@@ -222,21 +252,15 @@ def run(args: argparse.Namespace, index: Path) -> int:
     )
     print(f"  audio delivered / decoded (crops): {100 * result['delivered_over_decoded']:.1f}%")
 
-    if args.workers > 0:
-        result["workers"] = time_workers(args, cfg, lengths, seconds)
 
-    if args.profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        loader_round(stream, lengths, seconds)
-        profiler.disable()
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
-        print(out.getvalue())
-
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    return 0
+def profile_loader(stream: DataStream, lengths: dict[str, int], seconds: float) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    loader_round(stream, lengths, seconds)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    print(out.getvalue())
 
 
 def time_workers(args: argparse.Namespace, cfg, lengths: dict[str, int], seconds: float) -> dict[str, float]:

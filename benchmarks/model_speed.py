@@ -185,15 +185,20 @@ def time_interleaved(steps: dict[str, Callable], iters: int, warmup: int, device
     return times, cpu, peak
 
 
-def measure(argv: list[str] | None = None) -> dict:
-    """Build, check parity, time; the result dict that ``--json`` writes."""
-    args = parse_args(argv)
+def set_up_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def measure(argv: list[str] | None = None) -> dict:
+    """Build, check parity, time; the result dict that ``--json`` writes."""
+    args = parse_args(argv)
+    device = set_up_device(args)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(args.seed)
     cfg, ours, hf_models = build_models(args, device)

@@ -18,7 +18,6 @@ The index format itself lives in the library, `xlsr.data.shard_format`, shared w
 """
 
 from sharding.api import (
-    RunStatsResult,
     ShardError,
     ShardJob,
     ShardResult,
@@ -26,11 +25,9 @@ from sharding.api import (
     TaskShare,
     shard,
     stats,
-    stats_of_run,
 )
 
 __all__ = [
-    "RunStatsResult",
     "ShardError",
     "ShardJob",
     "ShardResult",
@@ -38,5 +35,4 @@ __all__ = [
     "TaskShare",
     "shard",
     "stats",
-    "stats_of_run",
 ]

@@ -8,7 +8,6 @@ these functions and decide what to print.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Any
 
 from sharding.hours import (
     format_hours_table,
-    format_realised_table,
     format_split_table,
     plot_hours,
     stream_hours,
@@ -317,36 +315,6 @@ def stats(
     return StatsResult(
         index.path, index.data, hours, probabilities, table, written, valid.path, valid.data, split_table
     )
-
-
-SUMMARY_NAME = "summary.json"
-
-
-@dataclass(frozen=True)
-class RunStatsResult:
-    """What a finished run drew per (corpus, language), from its ``summary.json``."""
-
-    summary_path: Path
-    streams: list[dict[str, Any]]  # summary["data"]["streams"]
-    table: str
-
-
-def stats_of_run(run_dir: str | os.PathLike) -> RunStatsResult:
-    """Realised against target share of the sampled audio per stream, for a run directory written by
-    ``xlsr train`` (its ``summary.json``, ``data.streams``)."""
-    path = Path(run_dir) / SUMMARY_NAME
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(
-            f"{escape_path(path)} not found: pass the run directory of a finished `xlsr train`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"cannot read {escape_path(path)}: {exc}") from None
-    streams = summary.get("data", {}).get("streams") if isinstance(summary, dict) else None
-    if not isinstance(streams, list) or not streams:
-        raise ShardError(f"{escape_path(path)} has no data.streams (a run from before per-stream telemetry?)")
-    return RunStatsResult(path, streams, format_realised_table(streams))
 
 
 def _os_reason(exc: OSError, path: str | os.PathLike) -> str:

@@ -18,10 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sharding.api import SUMMARY_NAME, ShardError, ShardJob, shard, stats, stats_of_run
+from sharding.api import ShardError, ShardJob, shard, stats
 from sharding.manifest import LAYOUTS
 from xlsr.data.shard_format import AUDIO_FORMATS, INDEX_NAME, ShardIndexError, escape_path, index_file
 from xlsr.process import USER_ERROR_EXIT_CODE
+from xlsr.run_dir import SUMMARY_NAME
+from xlsr.run_stats import RunStatsError, is_run_dir, stats_of_run
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
@@ -150,7 +152,7 @@ def run_stats(args: argparse.Namespace) -> int:
     if run_dir is not None:
         try:
             print(stats_of_run(run_dir).table)
-        except ShardError as exc:
+        except RunStatsError as exc:
             return _error(str(exc))
         return 0
     if args.index is None:
@@ -176,7 +178,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / SUMMARY_NAME).is_file() and not (path / INDEX_NAME).exists()
+    return is_run_dir(path) and not (path / INDEX_NAME).exists()
 
 
 def _error(message: str, code: int = USER_ERROR_EXIT_CODE) -> int:

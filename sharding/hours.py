@@ -69,27 +69,6 @@ def plot_hours(
     return atomic_write_with(out_png, lambda handle: figure.savefig(handle, format="png", dpi=100))
 
 
-def format_realised_table(streams: list[dict[str, Any]]) -> str:
-    """What a run drew per stream (``summary["data"]["streams"]``) against the upsampling target."""
-    header = (
-        f"{'corpus':<14}{'language':<10}{'target %':>10}{'realised %':>12}{'x':>7}"
-        f"{'hours':>11}{'utterances':>12}{'passes':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for row in sorted(streams, key=lambda r: (-r["target_share"], r["corpus"], r["language"])):
-        target, realised = row["target_share"], row["realised_share"]
-        ratio = f"{realised / target:>7.2f}" if target > 0 else f"{'-':>7}"
-        lines.append(
-            f"{row['corpus']:<14}{row['language']:<10}{100 * target:>9.2f}%{100 * realised:>11.2f}%{ratio}"
-            f"{row['hours_drawn']:>11.3f}{row['utterances']:>12}{row['passes']:>9.2f}"
-        )
-    lines.append("-" * len(header))
-    hours = sum(row["hours_drawn"] for row in streams)
-    utterances = sum(row["utterances"] for row in streams)
-    lines.append(f"{'total':<24}{100.0:>9.2f}%{100.0:>11.2f}%{'':>7}{hours:>11.3f}{utterances:>12}")
-    return "\n".join(lines)
-
-
 def format_split_table(train: dict[str, Any], valid: dict[str, Any]) -> str:
     """Training hours against held-out seconds per stream, for a set sharded with a held-out part."""
     train_hours, valid_hours = stream_hours(train), stream_hours(valid)

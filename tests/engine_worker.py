@@ -18,64 +18,38 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from xlsr.config import for_world_size, load_config
-from xlsr.data.stream import Batch
+from xlsr.data.source import FixedSource
+from xlsr.data.stages import Batch
 from xlsr.engine.distributed import init_distributed, shutdown
 from xlsr.engine.trainer import Trainer
 from xlsr.process import StopRequest
 
 
-class FixedBatches:
-    """The trainer's data interface over pre-collated batches."""
+class FixedBatches(FixedSource):
+    """Pre-collated batches, global micro-batch ``u·G + r·update_freq + m`` for rank r at update u."""
 
     def __init__(
         self, path: str, rank: int, world: int, update_freq: int, nan_at: set[int], fail_at: int | None
     ):
+        super().__init__()
         self.batches = torch.load(path, weights_only=True)
         self.rank, self.world, self.update_freq = rank, world, update_freq
         self.nan_at, self.fail_at = nan_at, fail_at
-        self.consumed = 0
-        self.hours = {("fixed", "xx"): 1.0}
-        self.hour_probs = {("fixed", "xx"): 1.0}
 
-    def probability_table(self) -> str:
-        return "fixed test batches"
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Batch:
-        update, micro = divmod(self.consumed, self.update_freq)
+    def batch(self, consumed: int) -> Batch:
+        update, micro = divmod(consumed, self.update_freq)
         if self.fail_at is not None and update == self.fail_at:
             raise RuntimeError(f"injected failure on rank {self.rank} at update {update}")
         index = update * self.world * self.update_freq + self.rank * self.update_freq + micro
         stored = self.batches[index % len(self.batches)]
-        self.consumed += 1
         source = stored["source"].clone()
         if update in self.nan_at:
             source.fill_(float("nan"))
         mask = stored["padding_mask"]
         return Batch(source=source, padding_mask=mask, num_samples=int(stored["num_samples"]))
 
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
-
-    def load_state_dict(self, state: dict, updates_done: int) -> None:
-        self.consumed = state["consumed"]
-
-    def skipped(self) -> dict[str, int]:
-        return {}  # pre-made batches: nothing to skip
-
     def reseed(self, updates_done: int, reason: str) -> None:
         self.consumed = updates_done * self.update_freq
-
-    def close(self) -> None:
-        pass
-
-    def telemetry(self) -> torch.Tensor:
-        return torch.zeros(0, 3, dtype=torch.float64)  # pre-made batches: no streams
-
-    def stream_report(self, totals: torch.Tensor) -> list[dict]:
-        return []
 
 
 class DumpingTrainer(Trainer):

@@ -197,3 +197,30 @@ def test_dependency_direction(graph):
 )
 def test_the_rule_rejects_forbidden_directions(source, target):
     assert forbidden(source, target) is not None
+
+
+def test_every_data_source_satisfies_the_protocol(demo_index, tmp_path):
+    """The trainer reads only `DataSource` members: the loader, the engine tests' and the GPU
+    check's fixed sources implement all of them."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from engine_worker import FixedBatches
+    from gpu_check_parts import RepeatedBatch
+
+    from xlsr.config import DataConfig
+    from xlsr.data.loader import DataStream
+    from xlsr.data.source import DataSource
+
+    batches = tmp_path / "batches.pt"
+    torch.save([{"source": torch.zeros(1, 16_000), "padding_mask": None, "num_samples": 16_000}], batches)
+    stream = DataStream(DataConfig(train=[str(demo_index)], num_workers=0), seed=0)
+    fixed = FixedBatches(str(batches), 0, 1, 1, set(), None)
+    source = RepeatedBatch(1, 16_000, pin=False)
+    assert all(isinstance(s, DataSource) for s in (stream, fixed, source))
+    next(source), next(source)
+    state = source.state_dict()
+    restored = RepeatedBatch(1, 16_000, pin=False)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state == {"consumed": 2}

@@ -16,7 +16,7 @@ import torch
 from shard_helpers import loader_config
 
 from xlsr.config import DataConfig
-from xlsr.data import shards
+from xlsr.data import shard_readers, shards
 from xlsr.data.loader import DataStream, build_stream_specs
 from xlsr.data.shard_format import ShardIndexError
 from xlsr.data.stream import SlotPipeline
@@ -82,7 +82,7 @@ def test_empirical_audio_shares_follow_upsampling(demo_index):
     pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=3)
     seconds = Counter()
     for _ in range(6000):
-        _, sample = pipeline._pull()
+        _, sample = pipeline.mixer()
         seconds[(sample.corpus, sample.language)] += sample.num_samples / 16_000
     total = sum(seconds.values())
     for key, p in hour_probs.items():
@@ -97,7 +97,7 @@ def test_ranks_and_workers_read_disjoint_data(demo_index):
     for stream_id, spec in enumerate(specs):
         seen = []
         for slot in range(num_slots):
-            reader = SlotPipeline(specs, cfg, slot=slot, num_slots=num_slots, seed=0).readers[stream_id]
+            reader = SlotPipeline(specs, cfg, slot=slot, num_slots=num_slots, seed=0).mixer.readers[stream_id]
             keys = []
             while True:  # one full pass over the units this slot owns
                 ref, sample = reader.next()
@@ -106,7 +106,7 @@ def test_ranks_and_workers_read_disjoint_data(demo_index):
                 keys.append(sample.key)
             seen.append(keys)
         total = sum(shard.samples for shard in spec.shards)
-        every_key = {sample.key for shard in spec.shards for sample in shards.iter_shard(shard.url)}
+        every_key = {sample.key for shard in spec.shards for sample in shard_readers.iter_shard(shard.url)}
         assert len(every_key) == total and set().union(*seen) == every_key
         if total >= num_slots:
             assert sum(map(len, seen)) == total, f"{spec.name}: some utterance is read by two slots"
@@ -122,7 +122,7 @@ def test_resume_is_exact(demo_index, workers):
     take(first, 5)
     state = json.loads(json.dumps(first.state_dict()))  # the state must survive serialization
     resumed = DataStream(cfg, seed=5)
-    resumed.load_state_dict(state, updates_done=5)
+    resumed.load_state_dict(state)
     assert_same_batches(take(resumed, 4), reference[5:])
 
 
@@ -132,7 +132,7 @@ def test_topology_change_reseeds_and_says_so(demo_index, caplog):
     take(two_ranks, 3)
     single = DataStream(cfg, seed=5, rank=0, world_size=1)
     with caplog.at_level(logging.WARNING):
-        single.load_state_dict(two_ranks.state_dict(), updates_done=3)
+        single.load_state_dict(two_ranks.state_dict())
     assert "data topology changed (world size 2 -> 1" in caplog.text
     assert single.seed == derive_seed(5, "data_reseed", 3) and single.base_seed == 5
     fresh = take(DataStream(cfg, seed=5), 2)
@@ -145,15 +145,18 @@ def test_topology_change_reseeds_and_says_so(demo_index, caplog):
     caplog.clear()
     resumed = DataStream(cfg, seed=5, rank=0, world_size=1)
     with caplog.at_level(logging.WARNING):
-        resumed.load_state_dict(state, updates_done=5)
+        resumed.load_state_dict(state)
     assert caplog.text == "" and resumed.seed == single.seed
     assert_same_batches(take(resumed, 2), reference)
 
     # A checkpoint of another run seed restarts the stream, and says why.
     other = DataStream(cfg, seed=6, rank=0, world_size=1)
     with caplog.at_level(logging.WARNING):
-        other.load_state_dict(state, updates_done=5)
-    assert "the seed changed (5 -> 6)" in caplog.text and other.seed == derive_seed(6, "data_reseed", 5)
+        other.load_state_dict(state)
+    # the new seed's coordinate is how many batches the checkpointed stream had consumed
+    consumed = state["batches_consumed"]
+    assert "the seed changed (5 -> 6)" in caplog.text
+    assert other.seed == derive_seed(6, "data_reseed", consumed)
 
 
 def test_pipe_urls_stream_like_files(demo_index, tmp_path):
@@ -185,12 +188,12 @@ def test_truncated_shard_is_skipped_not_fatal(demo_index, tmp_path):
     specs, _, _ = build_stream_specs(cfg)
     pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=0)
     stream_id = next(i for i, spec in enumerate(specs) if str(broken) in [s.url for s in spec.shards])
-    reader, keys = pipeline.readers[stream_id], set()
+    reader, keys = pipeline.mixer.readers[stream_id], set()
     while (item := reader.next())[0][1] == 0:
         keys.add(item[1].key)
     assert pipeline.counters["broken_units"] == 1
     others = [s for s in specs[stream_id].shards if s.url != str(broken)]
-    assert {sample.key for shard in others for sample in shards.iter_shard(shard.url)} <= keys
+    assert {sample.key for shard in others for sample in shard_readers.iter_shard(shard.url)} <= keys
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
@@ -199,7 +202,8 @@ def test_missing_index_is_a_clear_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# The tar reader (xlsr.data.shards.iter_shard): our own header parser, webdataset's grouping
+# The tar reader (xlsr.data.shards.iter_samples, through xlsr.data.shard_readers.iter_shard): our own
+# header parser, webdataset's grouping
 
 
 def webdataset_samples(url: str) -> list:
@@ -235,12 +239,12 @@ def test_tar_reader_agrees_with_webdataset(demo_index, tmp_path):
     urls = [str(demo_index.parent / s["path"]) for s in json.loads(demo_index.read_text())["shards"]]
     for url in urls[:3]:
         expected = webdataset_samples(url)
-        assert list(shards.iter_shard(url)) == expected
-        assert list(shards.iter_shard(f"pipe:cat {url}", 1, 3)) == expected[1::3]  # parts skip data
+        assert list(shard_readers.iter_shard(url)) == expected
+        assert list(shard_readers.iter_shard(f"pipe:cat {url}", 1, 3)) == expected[1::3]  # parts skip data
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         path = tmp_path / f"long-{fmt}.tar"
         write_long_name_tar(path, fmt)
-        got = list(shards.iter_shard(str(path)))
+        got = list(shard_readers.iter_shard(str(path)))
         assert got == webdataset_samples(str(path)) and len(got) == 3
         assert got[0].key == f"deep/{'x' * 120}/utt0"
         assert len(shards.decode_sample(got[2])) == 1602
@@ -252,12 +256,12 @@ def test_corrupt_tar_is_a_tar_format_error(demo_index, tmp_path):
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(data[: 512 + 100])  # a header, then the data stops
     with pytest.raises(shards.TarFormatError, match="truncated tar"):
-        list(shards.iter_shard(str(truncated)))
+        list(shard_readers.iter_shard(str(truncated)))
     data[10] ^= 0xFF  # inside the first member's name: the checksum no longer matches
     flipped = tmp_path / "flipped.tar"
     flipped.write_bytes(bytes(data))
     with pytest.raises(shards.TarFormatError, match="checksum"):
-        list(shards.iter_shard(str(flipped)))
+        list(shard_readers.iter_shard(str(flipped)))
 
 
 @pytest.mark.parametrize("audio_format", ["flac", "s16"])
@@ -281,7 +285,7 @@ def test_decoding_a_crop_into_a_buffer_equals_cropping_the_whole(audio_format):
 def test_normalised_rows_are_the_whole_utterance_normalised(demo_index):
     """Uncropped rows equal (x - mean) / sqrt(var + 1e-5) of the decoded utterance (fairseq's layer_norm)."""
     urls = [str(demo_index.parent / s["path"]) for s in json.loads(demo_index.read_text())["shards"]]
-    by_key = {sample.key: sample for url in urls for sample in shards.iter_shard(url)}
+    by_key = {sample.key: sample for url in urls for sample in shard_readers.iter_shard(url)}
     stream = DataStream(data_config(demo_index, max_sample_size=400_000, max_tokens=800_000), seed=3)
     checked = 0
     for batch in take(stream, 4):

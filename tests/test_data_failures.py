@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from shard_helpers import skewed_config
 
-from xlsr.data import stream as stream_module
+from xlsr.data import units as units_module
 from xlsr.data.loader import DataStream, build_stream_specs
 from xlsr.data.shard_format import ShardIndexError, read_index
-from xlsr.data.shards import iter_shard
-from xlsr.data.stream import EmptyStreamError, SlotPipeline, TooShortError
+from xlsr.data.shard_readers import iter_shard
+from xlsr.data.stages import TooShortError
+from xlsr.data.stream import SlotPipeline
+from xlsr.data.units import EmptyStreamError
 from xlsr.process import UserError
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +94,7 @@ def copy_with_stream_shard(skewed_index, tmp_path, replace) -> tuple[str, str]:
 
 def one_pass(pipeline: SlotPipeline, stream: int) -> set[str]:
     """The keys of the reader's current pass (reading the first sample of the next pass too)."""
-    reader, keys = pipeline.readers[stream], set()
+    reader, keys = pipeline.mixer.readers[stream], set()
     current = reader.pass_
     while (item := reader.next())[0][1] == current:
         keys.add(item[1].key)
@@ -127,7 +129,7 @@ def write(path, data: bytes) -> str:
 def test_broken_shard_is_counted_by_cause_and_named_once_per_pass(
     skewed_index, tmp_path, caplog, case, monkeypatch
 ):
-    monkeypatch.setattr(stream_module, "_broken_unit_warnings", stream_module._RateLimitedWarnings())
+    monkeypatch.setattr(units_module, "_broken_unit_warnings", units_module._RateLimitedWarnings())
     cause = case.split()[0]
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
@@ -142,13 +144,13 @@ def test_broken_shard_is_counted_by_cause_and_named_once_per_pass(
     pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=0)
     stream = next(i for i, spec in enumerate(specs) if bad in [s.url for s in spec.shards])
     good = specs[stream].shards[1].url
-    with caplog.at_level(logging.WARNING, logger="xlsr.data.stream"):
+    with caplog.at_level(logging.WARNING, logger="xlsr.data.units"):
         keys = one_pass(pipeline, stream)
         one_pass(pipeline, stream)
     assert keys >= {sample.key for sample in iter_shard(good)}  # the good shard is read
     counters = pipeline.counters
     assert counters[f"broken_{cause}"] == 2 and counters["broken_units"] == 2, dict(counters)
-    assert sum(counters[f"broken_{c}"] for c in stream_module.BROKEN_CAUSES) == 2
+    assert sum(counters[f"broken_{c}"] for c in units_module.BROKEN_CAUSES) == 2
     lines = [r.getMessage() for r in caplog.records if bad in r.getMessage()]
     assert len(lines) == 2 and all(f"({cause})" in line or f", {cause})" in line for line in lines), lines
     if case == "truncated at a member boundary":
@@ -179,8 +181,8 @@ def test_a_stream_with_no_readable_shard_names_each_file_and_why(skewed_index, t
 
 
 def test_warnings_are_rate_limited_and_say_how_many_were_dropped(caplog):
-    warnings = stream_module._RateLimitedWarnings(limit=2, period=3600)
-    with caplog.at_level(logging.WARNING, logger="xlsr.data.stream"):
+    warnings = units_module._RateLimitedWarnings(limit=2, period=3600)
+    with caplog.at_level(logging.WARNING, logger="xlsr.data.units"):
         for number in range(5):
             warnings.warn(f"broken {number}")
         warnings.window_start -= 7200  # an hour later
@@ -253,17 +255,17 @@ def test_open_shards_per_slot_stay_under_the_cap(skewed_index, tmp_path, monkeyp
     before = count_open()
     keys, most = [], 0
     for number in range(250 if command else 3000):
-        keys.append(capped._pull()[1].key)
+        keys.append(capped.mixer()[1].key)
         if number % 7 == 0:
             most = max(most, count_open() - before)
-    assert most == 4 and capped.open_readers.reopened > 40
+    assert most == 4 and capped.mixer.open_readers.reopened > 40
     capped.close()
     assert count_open() == before
     unbounded = SlotPipeline(specs, skewed_config(str(skewed_index), max_open_shards=1000), 1, 4, seed=0)
-    assert [unbounded._pull()[1].key for _ in keys] == keys
+    assert [unbounded.mixer()[1].key for _ in keys] == keys
     if source == "ranged pipes":
         offsets = [int(line) for line in (tmp_path / "offsets.log").read_text().split()]
-        assert sum(offset > 0 for offset in offsets) >= capped.open_readers.reopened
+        assert sum(offset > 0 for offset in offsets) >= capped.mixer.open_readers.reopened
 
 
 def test_plain_pipes_under_a_cap_warn_about_rereading(skewed_index, tmp_path, caplog):
@@ -288,7 +290,7 @@ def test_resume_is_exact_with_readers_capped(skewed_index):
     state = json.loads(json.dumps(first.state_dict()))
     first.close()
     resumed = DataStream(cfg, seed=4)
-    resumed.load_state_dict(state, updates_done=7)
+    resumed.load_state_dict(state)
     for expected in reference[7:]:
         got = next(resumed)
         assert got.keys == expected.keys and got.source.equal(expected.source)
@@ -296,8 +298,8 @@ def test_resume_is_exact_with_readers_capped(skewed_index):
 
 
 def test_positions_are_not_replayed_on_another_plan(skewed_index, tmp_path, caplog):
-    """Read positions name samples only under the plan that wrote them: a checkpoint from before the
-    ownership plan, or one over other shards, restarts the stream (a new seed, and a warning)."""
+    """Read positions name samples only under the plan that wrote them: a checkpoint over other
+    shards restarts the stream (a new seed, and a warning)."""
     cfg = skewed_config(skewed_index)
     stream = DataStream(cfg, seed=4)
     next(stream)
@@ -306,13 +308,12 @@ def test_positions_are_not_replayed_on_another_plan(skewed_index, tmp_path, capl
     index["shards"] = [{**s, "path": str(skewed_index.parent / s["path"])} for s in index["shards"][1:]]
     (tmp_path / "index.json").write_text(json.dumps(index))
     for changed, before, reason in [
-        (cfg, {k: v for k, v in state.items() if k != "plan"}, "the checkpoint predates the loader's"),
         (skewed_config(tmp_path / "index.json"), state, "the data plan changed (data.train, its"),
     ]:
         resumed = DataStream(changed, seed=4)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            resumed.load_state_dict(before, updates_done=1)
+            resumed.load_state_dict(before)
         assert reason in caplog.text and resumed.seed != 4
 
 

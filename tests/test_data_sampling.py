@@ -37,7 +37,7 @@ def draw(
         pipeline = SlotPipeline(specs, cfg, slot=slot, num_slots=num_slots, seed=seed)
         audio = 0
         while audio < audio_per_slot:
-            _, sample = pipeline._pull()
+            _, sample = pipeline.mixer()
             audio += sample.num_samples
             counts[sample.key] += 1
     return cfg, counts
@@ -163,7 +163,7 @@ def test_slots_read_exactly_their_runs(skewed_index):
     for slot in range(num_slots):
         pipeline = SlotPipeline(specs, cfg, slot=slot, num_slots=num_slots, seed=0)
         for stream in streams:
-            reader, keys = pipeline.readers[stream], set()
+            reader, keys = pipeline.mixer.readers[stream], set()
             while (item := reader.next())[0][1] == 0:  # pass 0
                 keys.add(item[1].key)
             seen[stream].append(keys)

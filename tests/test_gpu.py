@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from xlsr.config import MODEL_PRESETS, load_config
-from xlsr.data.stream import Batch
+from xlsr.data.stages import Batch
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown
 from xlsr.engine.trainer import Trainer
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives

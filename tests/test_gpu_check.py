@@ -152,8 +152,12 @@ def test_the_recorder_sees_every_kind_of_host_read():
 
 @pytest.mark.parametrize(
     "overrides",
-    [("distributed.backend=ddp", "distributed.precision=fp32"), ("distributed.backend=fsdp",)],
-    ids=["ddp-fp32", "fsdp-bf16"],
+    [
+        ("distributed.backend=ddp", "distributed.precision=fp32"),
+        ("distributed.backend=fsdp",),
+        ("distributed.backend=fsdp", "objective.name=best_rq", "objective.best_rq.codebook_size=64"),
+    ],
+    ids=["ddp-fp32", "fsdp-bf16", "best_rq-fsdp-bf16"],
 )
 def test_train_update_never_reads_a_value_back(env, demo_index, tmp_path, overrides):
     with Trainer(tiny(demo_index, tmp_path, *overrides), env, StopRequest()) as trainer:

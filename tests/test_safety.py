@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from run_helpers import ENV, ROOT, metrics, train_args, training_metrics, xlsr
 
 from xlsr.engine.checkpoint_files import complete_checkpoints
@@ -147,6 +148,7 @@ DAMAGE = {
     "missing-metadata": lambda c: (c / ".metadata").unlink(),
     "garbage-trainer-state": lambda c: (c / "trainer.pt").write_bytes(b"not a pickle" * 10),
     "garbage-rank-state": lambda c: (c / "rank-00001.pt").write_bytes(os.urandom(64)),
+    "missing-manifest": lambda c: (c / "manifest.json").unlink(),
 }
 
 
@@ -171,6 +173,19 @@ def test_no_intact_checkpoint_is_one_error_line(demo_index, reference, tmp_path)
     result = xlsr("train", *run_args(demo_index, run_dir))
     assert result.returncode == USER_ERROR_EXIT_CODE
     assert "no intact checkpoint" in error_line(result.stderr)
+
+
+def test_a_checkpoint_of_another_format_is_one_error_line(demo_index, reference, tmp_path):
+    """Before 1.0 checkpoints do not carry over between formats: refused, saying what to do."""
+    run_dir = copy_run(reference, tmp_path)
+    newest = run_dir / "checkpoints" / STEP_20
+    state = torch.load(newest / "trainer.pt", weights_only=True)
+    torch.save({**state, "format": 2}, newest / "trainer.pt")
+    rewrite_manifest_entry(newest, "trainer.pt")  # intact, only older
+    result = xlsr("train", *run_args(demo_index, run_dir))
+    assert result.returncode == USER_ERROR_EXIT_CODE
+    line = error_line(result.stderr)
+    assert "checkpoint format 2, this xlsr reads format 3" in line and "checkpoint.init_from" in line
 
 
 # --------------------------------------------------------------------------------------------------

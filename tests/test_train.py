@@ -51,7 +51,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert valid[-1]["valid_loss_contrastive"] < valid[0]["valid_loss_contrastive"]
     assert summary["valid_loss_contrastive"] == valid[-1]["valid_loss_contrastive"]
     assert summary["probe_lid_accuracy_baseline"] == valid[0]["probe_lid_accuracy"]
-    assert "valid/demo/en/loss_contrastive" in summary and "valid contrastive loss" in text
+    assert "valid/demo/en/loss_contrastive" in summary and "valid loss contrastive" in text
     assert "LID probe accuracy" in text and (out / "run" / "curves.png").stat().st_size > 20_000
     # per-language telemetry: what the job drew against the upsampling target
     streams = {row["language"]: row for row in summary["data"]["streams"]}

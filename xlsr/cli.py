@@ -168,11 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
     _add_launch_command(commands)
+    _add_weights_commands(commands)
+    _add_evaluation_commands(commands)
 
+    demo = commands.add_parser(
+        "demo", help="generate a corpus, shard it, pretrain a tiny model on 2 processes"
+    )
+    demo.add_argument("--out", default="demo_out", help="working directory (reused by later runs)")
+    demo.add_argument("--nproc", type=int, default=2)
+    demo.add_argument(
+        "--corpus-scale", type=float, default=2.0, help="size of the generated corpus (1.0 = 12.5 minutes)"
+    )
+    demo.add_argument("overrides", nargs="*", help="overrides for configs/tiny.yaml")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_weights_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a training checkpoint in another framework's format")
     export.add_argument("--to", choices=["hf"], required=True)
     export.add_argument(
-        "checkpoint", help="a checkpoint directory (step-N) or a file written by `xlsr import`"
+        "checkpoint", help="a step-N checkpoint, an `xlsr import` file, an HF directory or a fairseq .pt"
     )
     export.add_argument("out_dir")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
@@ -185,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace an earlier `xlsr import` file")
     imp.set_defaults(func=cmd_import)
 
+
+def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     probe = commands.add_parser("probe", help="language-ID probe on a checkpoint (ours, fairseq, HF export)")
     probe.add_argument(
         "checkpoint", help="step-N/ checkpoint, `xlsr import` file, HF directory or fairseq .pt"
@@ -205,18 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("-o", "--out", help="PNG to write (default RUN_DIR/curves.png)")
     plot.set_defaults(func=cmd_plot)
-
-    demo = commands.add_parser(
-        "demo", help="generate a corpus, shard it, pretrain a tiny model on 2 processes"
-    )
-    demo.add_argument("--out", default="demo_out", help="working directory (reused by later runs)")
-    demo.add_argument("--nproc", type=int, default=2)
-    demo.add_argument(
-        "--corpus-scale", type=float, default=2.0, help="size of the generated corpus (1.0 = 12.5 minutes)"
-    )
-    demo.add_argument("overrides", nargs="*", help="overrides for configs/tiny.yaml")
-    demo.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

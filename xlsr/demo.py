@@ -11,8 +11,6 @@ Every step reuses finished work, so a second run returns quickly.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,8 @@ from sharding import ShardJob, shard
 from sharding.synthetic import generate_demo_corpus
 from xlsr.config import load_config
 from xlsr.evaluation.plot import plot_run
+from xlsr.objectives import build_objective
+from xlsr.run_dir import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, read_json_object
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # Held out per language by `xlsr shard --valid-seconds` (scaled with --corpus-scale).
@@ -77,19 +77,24 @@ def run_demo(out: Path, nproc: int = 2, overrides: Sequence[str] = (), corpus_sc
 
 
 def print_summary(run_dir: Path) -> None:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    first, last = summary["first"], summary["last"]
+    summary = read_json_object(run_dir / SUMMARY_NAME)
+    spec = build_objective(load_config(run_dir / CONFIG_NAME)).spec
+    first, last, loss, name = (
+        summary["first"],
+        summary["last"],
+        spec.loss_key,
+        spec.loss_key.replace("_", " "),
+    )
     print(
-        f"train contrastive loss {first['loss_contrastive']:.3f} -> {last['loss_contrastive']:.3f} bits "
+        f"train {name} {first[loss]:.3f} -> {last[loss]:.3f} bits "
         f"(update {first['step']} -> {last['step']}); "
         f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}"
     )
-    if "valid_loss_contrastive" in summary:
-        chance = math.log2(load_config(run_dir / "config.yaml").model.num_negatives + 1)
-        start, end = summary.get("valid_loss_contrastive_update_0"), summary["valid_loss_contrastive"]
+    if spec.best_key in summary:
+        start, end = summary.get(f"{spec.best_key}_update_0"), summary[spec.best_key]
         print(
-            f"valid contrastive loss {start:.3f} -> {end:.3f} bits at update {summary['valid_step']} "
-            f"({chance - end:.3f} bits below chance, log2(K+1) = {chance:.3f})"
+            f"valid {name} {start:.3f} -> {end:.3f} bits at update {summary['valid_step']} "
+            f"({spec.chance_bits - end:.3f} bits below chance, {spec.chance_bits:.3f})"
         )
     if "probe_lid_accuracy" in summary:
         baseline = summary.get("probe_lid_accuracy_baseline", float("nan"))
@@ -99,9 +104,9 @@ def print_summary(run_dir: Path) -> None:
         )
     if "best" in summary:
         best = summary["best"]
-        print(f"best checkpoint: {best['checkpoint']} (valid {best['valid_loss_contrastive']:.3f} bits)")
+        print(f"best checkpoint: {best['checkpoint']} (valid {best[spec.best_key]:.3f} bits)")
     print(f"curves:          {plot_run(run_dir, run_dir / 'curves.png')}")
     print(f"checkpoint:      {summary['checkpoint']}")
     print(f"W&B offline run: {summary['wandb_dir']}  (upload with `wandb sync`)")
-    print(f"metrics:         {run_dir / 'metrics.jsonl'}")
-    print(f"summary:         {run_dir / 'summary.json'}")
+    print(f"metrics:         {run_dir / HISTORY_NAME}")
+    print(f"summary:         {run_dir / SUMMARY_NAME}")

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xlsr.fileio import atomic_write_text
+from xlsr.run_dir import CONFIG_NAME
 
 if TYPE_CHECKING:
     from xlsr.config import TrainConfig
 
-CONFIG_FILE = "config.yaml"
 JOB_ID_FILE = "slurm_job_id"
 LOG_DIR = "submitit"  # submitit's folder: pickled task, results and the per-rank logs
 
 
 def config_path(run_dir: Path) -> Path:
-    return run_dir / CONFIG_FILE
+    return run_dir / CONFIG_NAME
 
 
 def log_dir(run_dir: Path) -> Path:

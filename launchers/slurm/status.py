@@ -9,6 +9,7 @@ from typing import Any
 
 from launchers.slurm.cluster import JobInfo, LaunchError, job_info
 from launchers.slurm.rundir import JOB_ID_FILE, log_dir, read_job_id
+from xlsr.run_dir import HISTORY_NAME, SUMMARY_NAME, read_json_object
 
 UNKNOWN_STATE = "unknown to SLURM (finished long ago, or no SLURM here)"
 # Pending reasons that only mean "wait": the job will start once nodes are free or its turn comes.
@@ -60,13 +61,12 @@ def run_status(run_dir: Path) -> RunStatus:
     job_id = read_job_id(run_dir)
     if job_id is None:
         raise LaunchError(f"no {JOB_ID_FILE} in {run_dir}")
-    summary = run_dir / "summary.json"
     return RunStatus(
         run_dir=run_dir,
         job_id=job_id,
         job=job_info(job_id),
-        last_metrics=_last_record(run_dir / "metrics.jsonl"),
-        summary=json.loads(summary.read_text()) if summary.is_file() else None,
+        last_metrics=_last_record(run_dir / HISTORY_NAME),
+        summary=read_json_object(run_dir / SUMMARY_NAME),
     )
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from launchers.slurm.cluster import ACTIVE_STATES, LaunchError, check_request, job_state
 from launchers.slurm.job import TrainTask
 from launchers.slurm.rundir import (
-    CONFIG_FILE,
     config_path,
     log_dir,
     read_job_id,
@@ -32,6 +31,7 @@ from launchers.slurm.sbatch import (
     submission,
 )
 from launchers.slurm.status import paths_text
+from xlsr.run_dir import CONFIG_NAME
 
 if TYPE_CHECKING:
     from xlsr.config import LauncherConfig, TrainConfig
@@ -159,7 +159,7 @@ def run_dir_notes(cfg: TrainConfig, run_dir: Path, allow_config_change: bool) ->
     try:
         saved = read_saved_config(run_dir)
     except ConfigError as exc:
-        conflict, changed = f"its {CONFIG_FILE} no longer loads ({exc})", None
+        conflict, changed = f"its {CONFIG_NAME} no longer loads ({exc})", None
     else:
         if saved is None:
             return []

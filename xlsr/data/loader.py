@@ -29,14 +29,9 @@ from xlsr.config import SAMPLE_RATE, DataConfig
 from xlsr.data.planning import UnitPlan
 from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index
 from xlsr.data.shards import is_ranged_pipe
-from xlsr.data.stream import (
-    BROKEN_CAUSES,
-    DEFAULT_MAX_OPEN_SHARDS,
-    STREAM_COUNTS,
-    Batch,
-    SlotPipeline,
-    StreamSpec,
-)
+from xlsr.data.stages import STREAM_COUNTS, Batch
+from xlsr.data.stream import SlotPipeline
+from xlsr.data.units import BROKEN_CAUSES, DEFAULT_MAX_OPEN_SHARDS, StreamSpec
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
 from xlsr.process import STOP_SIGNALS
 from xlsr.seeding import derive_seed
@@ -230,8 +225,7 @@ class DataStream:
         ranks (all-reduce), then ``stream_report`` turns it into shares."""
         totals = torch.zeros(len(self.specs), len(STREAM_COUNTS), dtype=torch.float64)
         for state in self.dataset.slot_states.values():
-            if "streams" in state:
-                totals += torch.tensor(state["streams"], dtype=torch.float64)
+            totals += torch.tensor(state["streams"], dtype=torch.float64)
         return totals
 
     def stream_report(self, totals: torch.Tensor) -> list[dict[str, Any]]:
@@ -250,13 +244,14 @@ class DataStream:
             "slots": dict(self.dataset.slot_states),
         }
 
-    def load_state_dict(self, state: dict[str, Any], updates_done: int) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` was taken; when its positions cannot carry over (another
+        topology, plan or seed), restart with a seed derived from the batches it had consumed."""
         if self._iterator is not None:
             raise RuntimeError("load_state_dict must be called before iterating")
-        # Checkpoints written before "base_seed" existed hold only the stream's seed.
-        base_seed = state.get("base_seed", state["seed"])
+        base_seed = state["base_seed"]
         same_topology = state["world_size"] == self.world_size and state["workers"] == self.workers
-        same_plan = state.get("plan") == self.dataset.plan.fingerprint()
+        same_plan = state["plan"] == self.dataset.plan.fingerprint()
         if same_topology and same_plan and base_seed == self.base_seed:
             self._use_seed(state["seed"])
             self.dataset.slot_states = {int(k): v for k, v in state["slots"].items()}
@@ -268,14 +263,10 @@ class DataStream:
                 f"workers {state['workers']} -> {self.workers})"
             )
         elif not same_plan:
-            reason = (
-                "the data plan changed (data.train, its shards or the upsampling alphas)"
-                if "plan" in state
-                else "the checkpoint predates the loader's ownership plan"
-            )
+            reason = "the data plan changed (data.train, its shards or the upsampling alphas)"
         else:
             reason = f"the seed changed ({base_seed} -> {self.base_seed})"
-        self.reseed(updates_done, reason)
+        self.reseed(state["batches_consumed"], reason)
 
     def reseed(self, updates_done: int, reason: str) -> None:
         """Restart with a fresh deterministic seed: used when slot positions cannot carry over."""

@@ -36,15 +36,6 @@ class RawSample:
     corpus: str
 
 
-def iter_shard(url: str, part: int = 0, parts: int = 1) -> Iterator[RawSample]:
-    """Samples of one shard in stored order (every ``parts``-th from ``part``); metadata-less or
-    audio-less entries are skipped. ``url`` is anything ``webdataset.gopen`` opens (paths, ``pipe:``).
-    Raises ``TarFormatError`` for a corrupt or truncated tar."""
-    for _, _, _, sample in iter_samples(url, keep=lambda index: index % parts == part):
-        if sample is not None:
-            yield sample
-
-
 def iter_samples(
     url: str,
     start: int = 0,

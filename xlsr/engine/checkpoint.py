@@ -61,9 +61,9 @@ __all__ = [
     "read_trainer_state",
 ]
 
-# trainer.pt before format 2 held the train state's keys at the top level.
-TRAINER_STATE_FORMAT = 2
-_LEGACY_TRAIN_KEYS = ("step", "skipped_total", "wandb_run_id")
+# The format of a checkpoint directory as a whole (trainer.pt, rank-R.pt, manifest), recorded in
+# trainer.pt. Before xlsr 1.0 checkpoints do not carry over between formats (docs/training.md).
+TRAINER_STATE_FORMAT = 3
 
 
 class CheckpointError(UserError):
@@ -274,16 +274,16 @@ def rank_file_name(rank: int) -> str:
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:
-    """``trainer.pt`` of checkpoint ``path``, in the current format whatever version wrote it."""
+    """``trainer.pt`` of checkpoint ``path``; one of another checkpoint format is refused."""
     try:
         state = torch.load(path / TRAINER_STATE_NAME, weights_only=True)
     except Exception as exc:  # a damaged pickle raises many types
         raise CheckpointError(f"{path / TRAINER_STATE_NAME} is unreadable ({type(exc).__name__})") from None
-    if "format" not in state:
-        state = {
-            "format": TRAINER_STATE_FORMAT,
-            "world_size": state["world_size"],
-            "train": {key: state.get(key) for key in _LEGACY_TRAIN_KEYS},
-            "backend": state["backend"],
-        }
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != TRAINER_STATE_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {found or 1}, this xlsr reads format {TRAINER_STATE_FORMAT}; "
+            "before xlsr 1.0 checkpoints do not carry over between versions: finish the run with the "
+            "xlsr that wrote it, or continue from its weights with checkpoint.init_from in a new run_dir"
+        )
     return state

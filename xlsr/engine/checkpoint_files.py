@@ -1,10 +1,9 @@
 """What is on disk in a checkpoint directory, and whether it is intact.
 
-Every checkpoint written since the manifest was introduced holds ``manifest.json``: the size and
-CRC-32 of each of its files. Each rank checksums (and fsyncs) a slice of the files, so the cost is
-one read of the checkpoint spread over all ranks, from the page cache right after writing it.
-Verification on resume is sliced the same way. A checkpoint without a manifest (written by an
-older xlsr) is checked structurally instead.
+Every checkpoint holds ``manifest.json``: the size and CRC-32 of each of its files. Each rank
+checksums (and fsyncs) a slice of the files, so the cost is one read of the checkpoint spread over
+all ranks, from the page cache right after writing it. Verification on resume is sliced the same
+way. A checkpoint without a manifest is damaged.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from xlsr.fileio import fsync_file
-from xlsr.run_dir import MANIFEST_NAME, META_NAME, TRAINER_STATE_NAME, read_json_object
+from xlsr.run_dir import MANIFEST_NAME, TRAINER_STATE_NAME, read_json_object
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 _CHUNK = 8 << 20
@@ -82,7 +79,7 @@ def manifest_slice(directory: Path, rank: int, world_size: int) -> tuple[dict[st
 def verify_slice(directory: Path, rank: int, world_size: int) -> str | None:
     """Why this rank's share of checkpoint ``directory`` is damaged, or None if it is intact."""
     if not (directory / MANIFEST_NAME).exists():
-        return _verify_legacy(directory) if rank == 0 else None
+        return f"{MANIFEST_NAME} is missing"
     files, mine = manifest_slice(directory, rank, world_size)
     if files is None:
         return f"{MANIFEST_NAME} is unreadable"
@@ -120,21 +117,4 @@ def _check_file(path: Path, entry: dict[str, int]) -> str | None:
         return f"{size} bytes, {entry.get('size')} written"
     if file_crc32(path) != entry.get("crc32"):
         return "contents changed since it was written (checksum mismatch)"
-    return None
-
-
-def _verify_legacy(directory: Path) -> str | None:
-    """Structural check of a checkpoint written before manifests existed."""
-    try:
-        state = torch.load(directory / TRAINER_STATE_NAME, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged pickle
-        return f"{TRAINER_STATE_NAME} is unreadable ({type(exc).__name__})"
-    if not isinstance(state, dict) or "world_size" not in state:
-        return f"{TRAINER_STATE_NAME} is not a trainer state"
-    meta = read_json_object(directory / META_NAME) or {}
-    if meta.get("backend") != "deepspeed" and not (directory / ".metadata").is_file():
-        return "model state incomplete (no .metadata)"
-    for rank in range(int(state["world_size"])):
-        if not (directory / f"rank-{rank:05d}.pt").is_file():
-            return f"rank-{rank:05d}.pt is missing"
     return None

@@ -80,10 +80,10 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.skipped_total.copy_(state["skipped_total"])
-        self.run_uid = state.get("run_uid")  # None in checkpoints of older xlsr versions
-        self.wandb_run_id = state.get("wandb_run_id")
-        self.best_valid_loss = state.get("best_valid_loss", math.inf)
-        self.best_step = state.get("best_step")
+        self.run_uid = state["run_uid"]
+        self.wandb_run_id = state["wandb_run_id"]
+        self.best_valid_loss = state["best_valid_loss"]
+        self.best_step = state["best_step"]
 
 
 class RNGState:

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from xlsr.config import SAMPLE_RATE, TrainConfig, effective_batch_hours, for_world_size, save_config
 from xlsr.data.loader import DataStream
-from xlsr.data.stream import Batch
+from xlsr.data.source import DataSource
+from xlsr.data.stages import Batch
 from xlsr.engine.backends import build_backend
 from xlsr.engine.backends.base import Weights
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
@@ -46,7 +47,7 @@ log = logging.getLogger("xlsr.train")
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv, stop: StopRequest, data: DataStream | None = None):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, stop: StopRequest, data: DataSource | None = None):
         self.recipe = cfg  # as given: what config.yaml records (update_freq may be derived below)
         cfg = for_world_size(cfg, env.world_size)
         self.cfg, self.env, self.stop = cfg, env, stop
@@ -62,7 +63,7 @@ class Trainer:
         if initial is not None and env.is_main:
             log.info("initialized weights from %s", cfg.checkpoint.init_from)
         self.model = self.backend.model
-        self.data = data or DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
+        self.data: DataSource = data or DataStream(cfg.data, cfg.seed, env.rank, env.world_size)
         self.state = TrainState(env.device)
         self.rng = RNGState(env.device)
         self.meter = IntervalMeter(cfg, env, self.objective)
@@ -92,9 +93,8 @@ class Trainer:
             rank_state = self.checkpointer.load(path, self.backend, shared)
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
-                self.data.load_state_dict(rank_state["data"], updates_done=self.state.step)
-                if "meter" in rank_state:  # absent in checkpoints of older xlsr versions
-                    self.meter.load_state_dict(rank_state["meter"])
+                self.data.load_state_dict(rank_state["data"])
+                self.meter.load_state_dict(rank_state["meter"])
             else:
                 saved_world = read_trainer_state(path)["world_size"]
                 reason = f"checkpoint {path.name} was written by {saved_world} ranks"
@@ -104,7 +104,7 @@ class Trainer:
                 self.data.reseed(self.state.step, reason)
             if self.env.is_main:
                 log.info("resumed from %s at update %d", path, self.state.step)
-        if self.state.run_uid is None:  # a new run (or one resumed from an older xlsr's checkpoint)
+        if self.state.run_uid is None:  # a new run
             self.state.run_uid = self.checkpointer.token
         self.checkpointer.run_uid = self.state.run_uid
         if self.env.is_main:

@@ -17,8 +17,9 @@ import torch
 
 from xlsr.config import SAMPLE_RATE, DataConfig, ValidationConfig
 from xlsr.data.shard_format import read_index
-from xlsr.data.shards import RawSample, iter_shard
-from xlsr.data.stream import UtterancePreparer
+from xlsr.data.shard_readers import iter_shard
+from xlsr.data.shards import RawSample
+from xlsr.data.stages import UtterancePreparer
 
 
 @dataclass

@@ -163,6 +163,27 @@ class Wav2Vec2Model(SpeechEncoder):
     def set_num_updates(self, num_updates: int) -> None:
         self.quantizer.set_num_updates(num_updates)
 
+    def draw_masks(
+        self,
+        bsz: int,
+        num_frames: int,
+        frame_padding: Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> Tensor:
+        """Time masks with the config's settings (fairseq's ``compute_mask_indices``), (B, T) bool."""
+        cfg = self.cfg
+        return compute_mask_indices(
+            (bsz, num_frames),
+            frame_padding,
+            cfg.mask_prob,
+            cfg.mask_length,
+            cfg.mask_min_masks,
+            cfg.require_same_masks,
+            generator=generator,
+            device=device,
+        )
+
     def forward(
         self,
         source: Tensor,
@@ -178,16 +199,7 @@ class Wav2Vec2Model(SpeechEncoder):
         unmasked = self.dropout_features(unmasked)
         bsz, num_frames, _ = x.shape
         if mask_indices is None:
-            mask_indices = compute_mask_indices(
-                (bsz, num_frames),
-                frame_padding,
-                cfg.mask_prob,
-                cfg.mask_length,
-                cfg.mask_min_masks,
-                cfg.require_same_masks,
-                generator=generator,
-                device=x.device,
-            )
+            mask_indices = self.draw_masks(bsz, num_frames, frame_padding, generator, x.device)
         if negative_indices is None:
             negative_indices = sample_negatives(mask_indices, cfg.num_negatives, generator)
 

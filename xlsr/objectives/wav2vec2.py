@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from xlsr.config import ModelConfig, TrainConfig
 from xlsr.model.encoder import encoder_forward_flops
 from xlsr.model.loss import pretraining_loss
-from xlsr.model.masking import compute_mask_indices, sample_negatives
+from xlsr.model.masking import sample_negatives
 from xlsr.model.wav2vec2 import Wav2Vec2Model
 from xlsr.objectives.base import BITS, MetricSpec, Prepared, stuck_at_chance
 
@@ -65,19 +65,10 @@ class Wav2Vec2Objective:
     ) -> Prepared:
         """Time masks (fairseq semantics) and then negatives, drawn on the device from ``generator``;
         the Gumbel noise of the forward pass comes next from the same generator."""
-        m = self.model_cfg
-        frames = m.num_frames(source.shape[1])
-        masks = compute_mask_indices(
-            (source.shape[0], frames),
-            model.frame_padding_mask(padding_mask, frames),
-            m.mask_prob,
-            m.mask_length,
-            m.mask_min_masks,
-            m.require_same_masks,
-            generator=generator,
-            device=source.device,
-        )
-        negatives = sample_negatives(masks, m.num_negatives, generator)
+        frames = self.model_cfg.num_frames(source.shape[1])
+        frame_padding = model.frame_padding_mask(padding_mask, frames)
+        masks = model.draw_masks(source.shape[0], frames, frame_padding, generator, source.device)
+        negatives = sample_negatives(masks, self.model_cfg.num_negatives, generator)
         draws = {"mask_indices": masks, "negative_indices": negatives}
         return Prepared(source, padding_mask, masks.sum().float(), draws, generator)
 
