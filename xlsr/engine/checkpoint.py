@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from xlsr.config import TrainConfig, dump_config
+from xlsr.engine.best import recorded_best_step
 from xlsr.engine.checkpoint_files import (
     checkpoint_files,
     complete_checkpoints,
@@ -41,7 +42,6 @@ from xlsr.engine.distributed import DistEnv
 from xlsr.fileio import atomic_write_text, fsync_dir, publish_directory
 from xlsr.process import UserError
 from xlsr.run_dir import (
-    BEST_NAME,
     CONFIG_NAME,
     MANIFEST_NAME,
     META_NAME,
@@ -210,16 +210,6 @@ class Checkpointer:
             self._prune(step)
         dist.barrier()
 
-    def mark_best(self, step: int, metric: str, value: float) -> None:
-        """Record ``step-N`` as the best checkpoint by ``metric`` (``best.json``); pruning keeps it."""
-        if self.env.is_main:
-            best = {"step": step, "checkpoint": step_dir_name(step), metric: value}
-            atomic_write_text(self.root / BEST_NAME, json.dumps(best, indent=2))
-
-    def best_step(self) -> int | None:
-        best = read_json_object(self.root / BEST_NAME) or {}
-        return best.get("step") if isinstance(best.get("step"), int) else None
-
     def _remove_stale_temporaries(self) -> None:
         """Half-written checkpoints of this run's earlier jobs (this job holds the run's lock)."""
         for path in self.root.glob("step-*.tmp"):
@@ -245,7 +235,10 @@ class Checkpointer:
             for step, path in complete_checkpoints(self.root)
             if step <= current and path not in self._damaged and self._is_ours(path) and quick_check(path)
         ]
-        recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {current, self.best_step()}
+        recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {
+            current,
+            recorded_best_step(self.root),
+        }
         for step, path in ours:
             if step not in recent and not (keep_every and step % keep_every == 0):
                 shutil.rmtree(path, ignore_errors=True)

@@ -7,7 +7,6 @@ per rank.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
@@ -34,8 +33,6 @@ class TrainState:
         # and the event that says when that copy has landed.
         self._streak_on_host = torch.zeros((), pin_memory=device.type == "cuda")
         self._streak_copied = torch.cuda.Event() if device.type == "cuda" else None
-        self.best_valid_loss = math.inf  # the lowest value of the objective's best key after update 0
-        self.best_step: int | None = None
 
     def record_update(self, skipped: torch.Tensor) -> None:
         """Count a finished update; ``skipped`` is the device-side flag of a non-finite one."""
@@ -73,8 +70,6 @@ class TrainState:
             "skipped_total": self.skipped_total.cpu(),
             "run_uid": self.run_uid,
             "wandb_run_id": self.wandb_run_id,
-            "best_valid_loss": self.best_valid_loss,
-            "best_step": self.best_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -82,8 +77,6 @@ class TrainState:
         self.skipped_total.copy_(state["skipped_total"])
         self.run_uid = state["run_uid"]
         self.wandb_run_id = state["wandb_run_id"]
-        self.best_valid_loss = state["best_valid_loss"]
-        self.best_step = state["best_step"]
 
 
 class RNGState:

@@ -30,8 +30,8 @@ from xlsr.data.source import DataSource
 from xlsr.data.stages import Batch
 from xlsr.engine.backends import build_backend
 from xlsr.engine.backends.base import Weights
+from xlsr.engine.best import BestCheckpoint
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
-from xlsr.engine.checkpoint_files import step_dir_name
 from xlsr.engine.distributed import DistEnv, any_rank_host
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
@@ -67,6 +67,7 @@ class Trainer:
         self.state = TrainState(env.device)
         self.rng = RNGState(env.device)
         self.meter = IntervalMeter(cfg, env, self.objective)
+        self.best = BestCheckpoint(self.objective.spec.best_key, cfg.checkpoint_dir, env.is_main)
         self.validator = (
             Validator(cfg, self.objective, env.rank, env.world_size, env.device) if cfg.data.valid else None
         )
@@ -89,7 +90,7 @@ class Trainer:
         """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
         path = self.resume_from
         if path is not None:
-            shared = {"train": self.state, "backend": self.backend}
+            shared = {"train": self.state, "backend": self.backend, "best": self.best}
             rank_state = self.checkpointer.load(path, self.backend, shared)
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
@@ -135,7 +136,7 @@ class Trainer:
             raise
         finally:
             result.step = self.state.step
-            reporter.close(result, self._best(), self.streams)
+            reporter.close(result, self.best.summary(), self.streams)
             self.close()
         return result
 
@@ -156,7 +157,7 @@ class Trainer:
                 result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
             if best:
-                self.checkpointer.mark_best(step, self.objective.spec.best_key, self.state.best_valid_loss)
+                self.best.record()
             if stop:
                 result.status = "preempted"
                 return
@@ -208,26 +209,14 @@ class Trainer:
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "layerdrop", self.state.step))
         return (torch.rand(self.cfg.model.encoder_layers, generator=generator) >= p).tolist()
 
-    def _best(self) -> dict | None:
-        if self.state.best_step is None:
-            return None
-        return {
-            "step": self.state.best_step,
-            self.objective.spec.best_key: self.state.best_valid_loss,
-            "checkpoint": str(self.cfg.checkpoint_dir / step_dir_name(self.state.best_step)),
-        }
-
     def _validation_due(self, step: int) -> bool:
         every = self.cfg.validation.interval_updates
         return self.validator is not None and (step % every == 0 or step == self.cfg.last_update)
 
     def _validate(self, reporter: Reporter) -> bool:
-        """Validate (and probe) now; True if this is the best valid loss so far (after update 0)."""
+        """Validate (and probe) now; True if this is the best validation so far (after update 0)."""
         result = self.validator.run(self.backend.module, self.model, self.backend.autocast)
-        loss = result.metrics[self.objective.spec.best_key]
-        best = self.state.step > 0 and loss < self.state.best_valid_loss
-        if best:
-            self.state.best_valid_loss, self.state.best_step = loss, self.state.step
+        best = self.best.offer(self.state.step, result.metrics)
         reporter.validation(self.state.step, {**result.metrics, "valid_seconds": result.seconds})
         return best
 
@@ -263,7 +252,7 @@ class Trainer:
         return self.checkpointer.save(
             self.state.step,
             self.backend,
-            shared={"train": self.state, "backend": self.backend},
+            shared={"train": self.state, "backend": self.backend, "best": self.best},
             per_rank={"rng": self.rng, "data": self.data, "meter": self.meter},
             asynchronous=self.cfg.checkpoint.async_save and not final,
         )
