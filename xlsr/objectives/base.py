@@ -4,8 +4,8 @@ The engine knows an objective only through `Objective`: it builds the model, dra
 random inputs for a micro-batch on the device (`Objective.prepare`), runs the forward pass and the
 loss (`Objective.loss`), and reports metrics whose names, reductions, console columns, alarms and
 "best" key come from the objective's `MetricSpec`. Adding an objective is one module in this
-package plus its entry in `xlsr.objectives.OBJECTIVES` (docs/architecture.md, "Adding an
-objective").
+package, its entry in `xlsr.objectives.OBJECTIVES`, its config section and a recipe
+(docs/architecture.md, "Adding an objective").
 
 Every objective's loss is a sum over ``sample_size`` frames (the masked frames): the engine divides
 the gradient by the total ``sample_size`` of the effective batch over all ranks and micro-batches,
