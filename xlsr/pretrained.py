@@ -51,7 +51,7 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     _check_export_target(Path(path), out_dir, overwrite)
     weights = read_weights(path)
-    weights.build()  # validate before writing anything
+    weights.build(encoder_only=weights.encoder_only)  # validate before writing anything
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(out_dir)
     try:
@@ -133,7 +133,7 @@ def import_checkpoint(
         weights = read_hf_directory(Path(source))
     else:
         raise ValueError(f"unknown import format {source_format!r}")
-    weights.build()
+    weights.build(encoder_only=weights.encoder_only)
     contents = model_file_contents(weights)
     return atomic_write_with(out, lambda handle: torch.save(contents, handle))
 

@@ -275,15 +275,16 @@ def _log_effective_batch(cfg: TrainConfig, world_size: int) -> None:
 def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None:
     """Weights named by ``checkpoint.init_from`` (any format `xlsr.weights` reads).
 
-    Weights trained with the run's objective initialise the whole model. Weights of another
-    objective (e.g. a released wav2vec 2.0 model under a BEST-RQ run) initialise the shared encoder,
-    all of whose parameters they must hold; the run's objective head starts from its own init.
+    Weights of the whole model, trained with the run's objective, initialise everything. Weights of
+    another objective (e.g. a released wav2vec 2.0 model under a BEST-RQ run), or of an encoder
+    alone (a bare HF ``Wav2Vec2Model``), initialise the shared encoder, all of whose parameters
+    they must hold; the run's objective head starts from its own init.
     """
     if not cfg.checkpoint.init_from:
         return None
     weights = read_weights(cfg.checkpoint.init_from)
     source = cfg.checkpoint.init_from
-    if weights.objective.name == cfg.objective.name:
+    if weights.objective.name == cfg.objective.name and not weights.encoder_only:
         return Weights(weights.state, source)
     encoder = weights.encoder_state()
     with torch.device("meta"):
@@ -293,6 +294,7 @@ def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None
         raise UnreadableCheckpointError(
             f"checkpoint.init_from={source} has no weights for {', '.join(missing[:5])}"
         )
-    log.info("checkpoint.init_from=%s was trained with %s: its encoder initialises this %s run, whose "
-             "head starts fresh", source, weights.objective.name, cfg.objective.name)  # fmt: skip
+    what = "holds only an encoder" if weights.encoder_only else f"was trained with {weights.objective.name}"
+    log.info("checkpoint.init_from=%s %s: its encoder initialises this %s run, whose head starts fresh",
+             source, what, cfg.objective.name)  # fmt: skip
     return Weights(encoder, source, strict=False)

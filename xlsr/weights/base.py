@@ -24,6 +24,11 @@ class ModelWeights:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what trained the weights
     source: str = ""  # the path, for messages
 
+    @property
+    def encoder_only(self) -> bool:
+        """Only the shared encoder's weights (e.g. a bare HF ``Wav2Vec2Model``): no objective head."""
+        return all(key.startswith(ENCODER_PREFIXES) for key in self.state)
+
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The shared encoder's weights only: what another objective can start from."""
         return {key: value for key, value in self.state.items() if key.startswith(ENCODER_PREFIXES)}
