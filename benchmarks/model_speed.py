@@ -73,9 +73,10 @@ def build_models(args: argparse.Namespace, device: torch.device):
 
     cfg = load_config(args.config)
     model_cfg = dataclasses.replace(cfg.model, encoder_layerdrop=0.0)
-    ours = Wav2Vec2Model(model_cfg, init_seed=args.seed).to(device).train()
+    ours = Wav2Vec2Model(model_cfg, cfg.objective.wav2vec2, init_seed=args.seed).to(device).train()
     state = to_hf_state_dict(ours.state_dict())
-    hf_fields = {k: v for k, v in hf_config_dict(model_cfg, cfg.loss).items() if k != "model_type"}
+    hf_config = hf_config_dict(model_cfg, cfg.objective.wav2vec2)
+    hf_fields = {k: v for k, v in hf_config.items() if k != "model_type"}
     hf_models = {}
     impls = ([] if args.no_sdpa else ["sdpa"]) + (["eager"] if args.eager else [])
     for impl in impls:
@@ -91,7 +92,7 @@ def make_batch(model: Wav2Vec2Model, args: argparse.Namespace, device: torch.dev
     num_samples = round(args.crop_seconds * SAMPLE_RATE)
     source = torch.randn(args.batch_size, num_samples, generator=g)
     frames = int(model.frame_lengths(torch.tensor(num_samples)))
-    c = model.cfg
+    c = model.w2v2
     mask = compute_mask_indices(
         (args.batch_size, frames), None, c.mask_prob, c.mask_length, c.mask_min_masks, True, generator=g
     )
@@ -111,7 +112,7 @@ def step_functions(cfg, ours, hf_models, batch, device, dtype) -> dict[str, Call
     def xlsr_step() -> torch.Tensor:
         with autocast():
             out = ours(source, mask_indices=mask, negative_indices=neg)
-            loss, _, _ = pretraining_loss(out, cfg.loss)
+            loss, _, _ = pretraining_loss(out, cfg.objective.wav2vec2)
         loss.backward()
         ours.zero_grad(set_to_none=True)
         return loss.detach()
@@ -137,7 +138,8 @@ def parity_check(cfg, ours, hf_models, batch) -> dict[str, float]:
     result = {}
     ours.eval()
     with torch.no_grad(), _no_tf32():
-        _, _, metrics = pretraining_loss(ours(source, mask_indices=mask, negative_indices=neg), cfg.loss)
+        out = ours(source, mask_indices=mask, negative_indices=neg)
+        _, _, metrics = pretraining_loss(out, cfg.objective.wav2vec2)
         for name, hf in hf_models.items():
             hf.eval()
             theirs = hf(source, mask_time_indices=mask, sampled_negative_indices=flat_neg).contrastive_loss
@@ -209,7 +211,8 @@ def measure(argv: list[str] | None = None) -> dict:
 
     audio_seconds = args.batch_size * args.crop_seconds
     # Model FLOPs (same architecture for every contender) and MFU where the device's peak is known.
-    step_flops = args.batch_size * train_flops_per_crop(ours.cfg, round(args.crop_seconds * SAMPLE_RATE))
+    crop = round(args.crop_seconds * SAMPLE_RATE)
+    step_flops = args.batch_size * train_flops_per_crop(ours.cfg, ours.w2v2, crop)
     peak = peak_flops(device)
     median = {name: statistics.median(t) for name, t in times.items()}
     import transformers

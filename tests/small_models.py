@@ -6,11 +6,12 @@ import dataclasses
 
 import torch
 
-from xlsr.config import ModelConfig
+from xlsr.config import ModelConfig, Wav2Vec2Config
 
 
-def small_config(layer_norm: bool, **overrides) -> ModelConfig:
-    """Same structure as BASE (group norm, post-LN) or XLS-R (layer norm, pre-LN, conv bias), tiny sizes."""
+def small_config(layer_norm: bool, **overrides) -> tuple[ModelConfig, Wav2Vec2Config]:
+    """Same structure as BASE (group norm, post-LN) or XLS-R (layer norm, pre-LN, conv bias), tiny
+    sizes: the encoder and wav2vec 2.0's settings (``overrides`` go to whichever has the field)."""
     cfg = ModelConfig(
         extractor_mode="layer_norm" if layer_norm else "group_norm",
         conv_feature_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
@@ -22,19 +23,19 @@ def small_config(layer_norm: bool, **overrides) -> ModelConfig:
         encoder_attention_heads=4,
         conv_pos=16,
         conv_pos_groups=4,
-        final_dim=24,
-        latent_vars=16,
-        latent_groups=2,
-        latent_dim=16,
-        num_negatives=10,
         dropout=0.0,
         attention_dropout=0.0,
         dropout_input=0.0,
-        dropout_features=0.0,
         encoder_layerdrop=0.0,
         feature_grad_mult=1.0,
     )
-    return dataclasses.replace(cfg, **overrides)
+    w2v2 = Wav2Vec2Config(
+        final_dim=24, latent_vars=16, latent_groups=2, latent_dim=16, num_negatives=10, dropout_features=0.0
+    )
+    encoder_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    ours = {k: v for k, v in overrides.items() if k in encoder_fields}
+    theirs = {k: v for k, v in overrides.items() if k not in encoder_fields}
+    return dataclasses.replace(cfg, **ours), dataclasses.replace(w2v2, **theirs)
 
 
 def to_fairseq_state(state: dict[str, torch.Tensor], layer_norm: bool) -> dict[str, torch.Tensor]:
@@ -54,17 +55,20 @@ def to_fairseq_state(state: dict[str, torch.Tensor], layer_norm: bool) -> dict[s
     return out
 
 
-def fairseq_model_cfg(cfg: ModelConfig) -> dict:
+def fairseq_model_cfg(cfg: ModelConfig, w2v2: Wav2Vec2Config) -> dict:
     layers = " + ".join(f"[({d}, {k}, {s})]" for d, k, s in cfg.conv_feature_layers)
     model = {
         "_name": "wav2vec2",
         "extractor_mode": "layer_norm" if cfg.extractor_mode == "layer_norm" else "default",
         "conv_feature_layers": layers,
         "quantize_targets": True,
-        "latent_temp": list(cfg.latent_temp),
+        "latent_temp": list(w2v2.latent_temp),
         "mask_min_masks": None,
     }
     for f in dataclasses.fields(ModelConfig):
-        if f.name not in model and f.name not in ("mask_min_masks", "conv_feature_layers"):
+        if f.name not in model and f.name != "conv_feature_layers":
             model[f.name] = getattr(cfg, f.name)
+    for f in dataclasses.fields(Wav2Vec2Config):
+        if f.name not in model and not f.name.endswith("_weight"):
+            model[f.name] = getattr(w2v2, f.name)
     return model

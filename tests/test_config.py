@@ -10,11 +10,13 @@ import yaml
 from xlsr.config import (
     MODEL_PRESETS,
     SAMPLE_RATE,
+    WAV2VEC2_PRESETS,
+    BestRQConfig,
     ConfigError,
     ModelConfig,
-    ObjectiveConfig,
     TrainConfig,
     ValidationConfig,
+    Wav2Vec2Config,
     dump_config,
     effective_batch_hours,
     for_world_size,
@@ -171,7 +173,10 @@ def test_recipes_carry_published_hyperparameters():
     m = base.model
     assert (m.encoder_layers, m.encoder_embed_dim, m.encoder_attention_heads) == (12, 768, 12)
     assert (base.optim.lr, base.optim.warmup_updates, base.optim.max_update) == (5e-4, 32_000, 400_000)
-    assert (base.loss.diversity_weight, base.loss.feature_penalty_weight) == (0.1, 10.0)
+    assert (base.objective.wav2vec2.diversity_weight, base.objective.wav2vec2.feature_penalty_weight) == (
+        0.1,
+        10.0,
+    )
     xlsr = load_config("configs/xlsr_300m.yaml")
     assert xlsr.model.layer_norm_first and xlsr.model.extractor_mode == "layer_norm" and xlsr.data.normalize
     assert (xlsr.optim.warmup_updates, xlsr.optim.max_update, xlsr.data.max_sample_size) == (
@@ -185,10 +190,12 @@ def test_recipes_carry_published_hyperparameters():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(TINY, ["optim.lr=5e-4", "data.max_tokens=1400000", "model.latent_temp=[2,0.5,0.9]"])
+    cfg = load_config(
+        TINY, ["optim.lr=5e-4", "data.max_tokens=1400000", "objective.wav2vec2.latent_temp=[2,0.5,0.9]"]
+    )
     assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.data.max_tokens == 1_400_000
-    assert cfg.model.latent_temp == (2.0, 0.5, 0.9)
+    assert cfg.objective.wav2vec2.latent_temp == (2.0, 0.5, 0.9)
     assert load_config(TINY, ["checkpoint.init_from=null"]).checkpoint.init_from is None
 
 
@@ -200,7 +207,7 @@ def test_overrides_are_typed():
         ("optim.lr=fast", "'optim.lr' must be float"),
         ("data.max_tokens=1.5", "'data.max_tokens' must be int"),
         ("distributed.backend=horovod", "'distributed.backend' must be one of ['ddp', 'fsdp', 'deepspeed']"),
-        ("model.latent_temp=[1,2]", "'model.latent_temp' must have 3 entries"),
+        ("objective.wav2vec2.latent_temp=[1,2]", "'objective.wav2vec2.latent_temp' must have 3 entries"),
         ("model.dropout", "must look like section.key=value"),
         ("optim.lr.x=1", "'lr' is not a section"),
     ],
@@ -229,13 +236,29 @@ def test_missing_and_malformed_files(tmp_path):
 # Presets
 
 
+def split_wav2vec2_keys(raw: dict) -> dict:
+    """A config of xlsr 0.1 (wav2vec 2.0's keys in ``model``, its loss weights in ``loss``) with those
+    keys where they are today (``objective.wav2vec2``)."""
+    moved = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    model = {k: v for k, v in raw["model"].items() if k not in moved}
+    w2v2 = {k: v for k, v in raw["model"].items() if k in moved} | raw.get("loss", {})
+    rest = {k: v for k, v in raw.items() if k not in ("model", "loss")}
+    return {**rest, "model": model, "objective": {"wav2vec2": w2v2}}
+
+
 @pytest.mark.parametrize("name", RECIPES_BEFORE_PRESETS)
 def test_every_recipe_loads_exactly_as_before_presets(name):
-    before = from_dict(TrainConfig, yaml.safe_load(RECIPES_BEFORE_PRESETS[name]), source=name)
+    old = yaml.safe_load(RECIPES_BEFORE_PRESETS[name])
+    before = from_dict(TrainConfig, split_wav2vec2_keys(old), source=name)
     loaded = load_config(f"configs/{name}.yaml")
     # optim.batch_tokens came later; everything else is as it was
     assert dataclasses.replace(loaded, optim=dataclasses.replace(loaded.optim, batch_tokens=0)) == before
     assert MODEL_PRESETS[name]() == before.model
+    weights = ("diversity_weight", "feature_penalty_weight")  # recipes state these, presets do not
+    preset = dataclasses.replace(WAV2VEC2_PRESETS[name](), **{k: old["loss"][k] for k in weights})
+    assert preset == before.objective.wav2vec2
+    with pytest.raises(ConfigError, match=r"moved to objective\.wav2vec2"):  # the old spelling names the new
+        from_dict(TrainConfig, old, source=name)
 
 
 @pytest.mark.parametrize(
@@ -280,17 +303,19 @@ def test_recipes_state_only_what_differs_from_their_preset(path):
     assert {key: value for key, value in model.items() if preset[key] == value} == {}
 
 
-def changed_fields(derived: ModelConfig, parent: ModelConfig) -> set[str]:
+def changed_fields(derived, parent) -> set[str]:
     return {
-        f.name for f in dataclasses.fields(ModelConfig) if getattr(derived, f.name) != getattr(parent, f.name)
+        f.name for f in dataclasses.fields(derived) if getattr(derived, f.name) != getattr(parent, f.name)
     }
 
 
 def test_presets_derive_from_each_other():
-    assert P.base() == ModelConfig()
+    assert P.base() == ModelConfig() and P.base_wav2vec2() == Wav2Vec2Config()
     assert changed_fields(P.xlsr_2b(), P.xlsr_1b()) == {"encoder_embed_dim", "encoder_ffn_embed_dim"}
-    widths = {"encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "final_dim", "latent_dim"}
+    widths = {"encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim"}
     assert changed_fields(P.xlsr_1b(), P.xlsr_300m()) == {*widths, "dropout_input"}
+    assert changed_fields(P.xlsr_1b_wav2vec2(), P.xlsr_300m_wav2vec2()) == {"final_dim", "latent_dim"}
+    assert set(WAV2VEC2_PRESETS) == set(MODEL_PRESETS)  # every size has its quantizer and head
     shapes = {}
     for name, make in MODEL_PRESETS.items():
         m = make()
@@ -352,22 +377,28 @@ def test_saved_config_round_trips(path, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left behind
 
 
-def test_run_config_saved_before_presets_still_loads(tmp_path):
-    cfg = load_text(tmp_path, SAVED_BEFORE_PRESETS)
+def test_run_config_saved_before_the_objective_split_names_where_keys_went(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.dropout_features, .* moved to objective\.wav2vec2"):
+        load_text(tmp_path, SAVED_BEFORE_PRESETS)
+    old = yaml.safe_load(SAVED_BEFORE_PRESETS)
+    cfg = from_dict(TrainConfig, split_wav2vec2_keys(old))
     assert cfg == load_config(TINY, ["run_dir=runs/my_run", "seed=7"])
     dumped = yaml.safe_load(dump_config(cfg))
     # the keys added since
     assert dumped["optim"].pop("batch_tokens") == 0 and dumped["data"].pop("valid") == []
     assert dumped["data"].pop("max_open_shards") == 16
     assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
-    assert dumped.pop("objective") == dataclasses.asdict(ObjectiveConfig())
-    assert dumped == yaml.safe_load(SAVED_BEFORE_PRESETS)  # otherwise the same format today
+    objective = dumped.pop("objective")
+    assert objective["name"] == "wav2vec2" and objective["best_rq"] == dataclasses.asdict(BestRQConfig())
+    assert objective["wav2vec2"] == split_wav2vec2_keys(old)["objective"]["wav2vec2"]
+    assert dumped == {k: v for k, v in split_wav2vec2_keys(old).items() if k != "objective"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Validation: every rule, at load time, one line naming the file and the key
 
-DROPOUTS = ("dropout", "attention_dropout", "activation_dropout", "dropout_input", "dropout_features")
+DROPOUTS = ("model.dropout", "model.attention_dropout", "model.activation_dropout", "model.dropout_input")
+DROPOUTS += ("objective.wav2vec2.dropout_features",)
 
 # (overrides on configs/tiny.yaml, how the one-line error starts after "configs/tiny.yaml: ")
 RULES = [
@@ -413,12 +444,12 @@ RULES = [
     ("optim.tri_stage_ratios=[1.5,-0.5,0]", "'optim.tri_stage_ratios[0]' must be in [0, 1], got 1.5"),
     ("optim.tri_stage_init_scale=2", "'optim.tri_stage_init_scale' must be in [0, 1], got 2"),
     ("optim.tri_stage_final_scale=0", "'optim.tri_stage_final_scale' must be in (0, 1], got 0"),
-    *[(f"model.{name}=1", f"'model.{name}' must be in [0, 1), got 1") for name in DROPOUTS],
-    *[(f"model.{name}=-0.5", f"'model.{name}' must be in [0, 1), got -0.5") for name in DROPOUTS],
+    *[(f"{name}=1", f"'{name}' must be in [0, 1), got 1") for name in DROPOUTS],
+    *[(f"{name}=-0.5", f"'{name}' must be in [0, 1), got -0.5") for name in DROPOUTS],
     ("model.encoder_layerdrop=1", "'model.encoder_layerdrop' must be in [0, 1), got 1"),
-    ("model.mask_prob=1.5", "'model.mask_prob' must be in [0, 1], got 1.5"),
-    ("model.mask_length=0", "'model.mask_length' must be >= 1, got 0"),
-    ("model.mask_min_masks=-1", "'model.mask_min_masks' must be >= 0, got -1"),
+    ("objective.wav2vec2.mask_prob=1.5", "'objective.wav2vec2.mask_prob' must be in [0, 1], got 1.5"),
+    ("objective.wav2vec2.mask_length=0", "'objective.wav2vec2.mask_length' must be >= 1, got 0"),
+    ("objective.wav2vec2.mask_min_masks=-1", "'objective.wav2vec2.mask_min_masks' must be >= 0, got -1"),
     ("objective.best_rq.num_codebooks=0", "'objective.best_rq.num_codebooks' must be >= 1, got 0"),
     ("objective.best_rq.codebook_size=1", "'objective.best_rq.codebook_size' must be >= 2, got 1"),
     ("objective.best_rq.codebook_dim=0", "'objective.best_rq.codebook_dim' must be >= 1, got 0"),
@@ -431,42 +462,51 @@ RULES = [
         "'model.conv_feature_layers' must have a total stride that is a multiple of 160 samples for best_rq",
     ),
     ("objective.name=hubert", "'objective.name' must be one of ['wav2vec2', 'best_rq'], got 'hubert'"),
-    ("model.num_negatives=0", "'model.num_negatives' must be >= 1, got 0"),
-    ("model.logit_temp=0", "'model.logit_temp' must be > 0, got 0"),
+    ("objective.wav2vec2.num_negatives=0", "'objective.wav2vec2.num_negatives' must be >= 1, got 0"),
+    ("objective.wav2vec2.logit_temp=0", "'objective.wav2vec2.logit_temp' must be > 0, got 0"),
     ("model.feature_grad_mult=-1", "'model.feature_grad_mult' must be >= 0, got -1"),
     ("model.encoder_layers=0", "'model.encoder_layers' must be >= 1, got 0"),
     ("model.encoder_embed_dim=0", "'model.encoder_embed_dim' must be >= 1, got 0"),
     ("model.encoder_ffn_embed_dim=0", "'model.encoder_ffn_embed_dim' must be >= 1, got 0"),
     ("model.conv_pos=0", "'model.conv_pos' must be >= 1, got 0"),
     ("model.conv_pos_groups=0", "'model.conv_pos_groups' must be >= 1, got 0"),
-    ("model.latent_dim=-1", "'model.latent_dim' must be >= 0, got -1"),
-    ("model.latent_groups=0", "'model.latent_groups' must be >= 1, got 0"),
+    ("objective.wav2vec2.latent_dim=-1", "'objective.wav2vec2.latent_dim' must be >= 0, got -1"),
+    ("objective.wav2vec2.latent_groups=0", "'objective.wav2vec2.latent_groups' must be >= 1, got 0"),
     ("model.encoder_attention_heads=0", "'model.encoder_attention_heads' must be >= 1, got 0"),
     (
         "model.encoder_attention_heads=3",
         "'model.encoder_embed_dim' must be a multiple of model.encoder_attention_heads (3), got 128",
     ),
     ("model.conv_pos_groups=3", "'model.encoder_embed_dim' must be a multiple of model.conv_pos_groups (3)"),
-    ("model.latent_groups=3", "'model.latent_dim' must be a multiple of model.latent_groups (3), got 64"),
     (
-        "model.latent_groups=3 model.latent_dim=0",
-        "'model.final_dim' must be a multiple of model.latent_groups",
+        "objective.wav2vec2.latent_groups=3",
+        "'objective.wav2vec2.latent_dim' must be a multiple of objective.wav2vec2.latent_groups (3), got 64",
     ),
-    ("model.latent_vars=0", "'model.latent_vars' must be >= 1, got 0"),
-    ("model.final_dim=-1", "'model.final_dim' must be >= 0, got -1"),
+    (
+        "objective.wav2vec2.latent_groups=3 objective.wav2vec2.latent_dim=0",
+        "'objective.wav2vec2.final_dim' must be a multiple of objective.wav2vec2.latent_groups",
+    ),
+    ("objective.wav2vec2.latent_vars=0", "'objective.wav2vec2.latent_vars' must be >= 1, got 0"),
+    ("objective.wav2vec2.final_dim=-1", "'objective.wav2vec2.final_dim' must be >= 0, got -1"),
     ("model.conv_feature_layers=[[64,0,5]]", "'model.conv_feature_layers[0][1]' must be >= 1, got 0"),
     ("model.conv_feature_layers=[]", "'model.conv_feature_layers' must list at least one conv block"),
     (
-        "model.latent_temp=[0.5,2,0.9]",
-        "'model.latent_temp' must be (start, floor, decay) with 0 < floor <= start",
+        "objective.wav2vec2.latent_temp=[0.5,2,0.9]",
+        "'objective.wav2vec2.latent_temp' must be (start, floor, decay) with 0 < floor <= start",
     ),
     (
-        "model.latent_temp=[2,0,0.9]",
-        "'model.latent_temp' must be (start, floor, decay) with 0 < floor <= start",
+        "objective.wav2vec2.latent_temp=[2,0,0.9]",
+        "'objective.wav2vec2.latent_temp' must be (start, floor, decay) with 0 < floor <= start",
     ),
-    ("model.latent_temp=[2,0.5,1.5]", "'model.latent_temp[2]' must be in (0, 1], got 1.5"),
-    ("loss.diversity_weight=-1", "'loss.diversity_weight' must be >= 0, got -1"),
-    ("loss.feature_penalty_weight=-1", "'loss.feature_penalty_weight' must be >= 0, got -1"),
+    (
+        "objective.wav2vec2.latent_temp=[2,0.5,1.5]",
+        "'objective.wav2vec2.latent_temp[2]' must be in (0, 1], got 1.5",
+    ),
+    ("objective.wav2vec2.diversity_weight=-1", "'objective.wav2vec2.diversity_weight' must be >= 0, got -1"),
+    (
+        "objective.wav2vec2.feature_penalty_weight=-1",
+        "'objective.wav2vec2.feature_penalty_weight' must be >= 0, got -1",
+    ),
     ("data.shuffle_buffer=-1", "'data.shuffle_buffer' must be >= 0, got -1"),
     ("data.bucket_buffer=-1", "'data.bucket_buffer' must be >= 0, got -1"),
     ("data.num_buckets=0", "'data.num_buckets' must be >= 1, got 0"),
@@ -555,11 +595,19 @@ def test_rules_are_checked_in_files_too(tmp_path):
         ["distributed.backend=fsdp", "checkpoint.async_save=true"],
         ["distributed.backend=ddp", "checkpoint.async_save=true", "distributed.compile=true"],
         ["data.max_tokens=16000", "data.max_sample_size=16000", "data.min_sample_size=16000"],
-        ["data.language_alpha=0", "data.corpus_alpha=1", "model.mask_prob=1", "model.mask_prob=0"],
+        [
+            "data.language_alpha=0",
+            "data.corpus_alpha=1",
+            "objective.wav2vec2.mask_prob=1",
+            "objective.wav2vec2.mask_prob=0",
+        ],
         ["stop_at_update=300", "optim.warmup_updates=0", "optim.end_lr=2e-3", "data.num_workers=0"],
         ["optim.max_update=1", "optim.warmup_updates=30"],  # a short benchmark of a long-warmup recipe
         ["checkpoint.keep_every=0", "data.shuffle_buffer=0", "data.bucket_buffer=0", "optim.clip_norm=0"],
-        ["model.latent_dim=0", "model.final_dim=0"],  # codebook size falls back to the model dim
+        [
+            "objective.wav2vec2.latent_dim=0",
+            "objective.wav2vec2.final_dim=0",
+        ],  # codebook size falls back to the model dim
     ],
 )
 def test_values_on_the_edges_are_accepted(overrides):

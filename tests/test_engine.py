@@ -185,13 +185,14 @@ def test_a_dead_rank_fails_the_job_quickly_with_its_error(global_batches, tmp_pa
 
 
 def test_activation_checkpointing_changes_memory_not_results():
-    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.encoder_layers=3"]).model
+    recipe = load_config(ROOT / "configs/tiny.yaml", ["model.encoder_layers=3"])
+    cfg, w2v2 = recipe.model, recipe.objective.wav2vec2
     torch.manual_seed(0)
     source = torch.randn(2, 32_000)
     saved_bytes, grads, results = [], [], []
     for policy in ("none", "layers+conv"):
         torch.manual_seed(1)
-        model = Wav2Vec2Model(cfg)
+        model = Wav2Vec2Model(cfg, w2v2)
         apply_activation_checkpointing(model, DistributedConfig(activation_checkpointing=policy))
         masks = compute_mask_indices(
             (2, 99), None, 0.65, 10, 2, True, generator=torch.Generator().manual_seed(0)
@@ -204,7 +205,7 @@ def test_activation_checkpointing_changes_memory_not_results():
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(source, mask_indices=masks, generator=torch.Generator().manual_seed(2))
-            loss, _, _ = pretraining_loss(out, load_config(ROOT / "configs/tiny.yaml").loss)
+            loss, _, _ = pretraining_loss(out, w2v2)
         loss.backward()
         saved_bytes.append(total[0])
         results.append(loss.detach())

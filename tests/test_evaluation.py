@@ -131,11 +131,11 @@ def test_plot_writes_a_png(demo_index, valid_index, tmp_path):
 
 
 def test_probe_command_on_a_fairseq_checkpoint(valid_index, tmp_path):
-    cfg = small_config(True)
-    model = Wav2Vec2Model(cfg, init_seed=3)
+    cfg, w2v2 = small_config(True)
+    model = Wav2Vec2Model(cfg, w2v2, init_seed=3)
     checkpoint = {
         "args": None,
-        "cfg": {"model": fairseq_model_cfg(cfg), "task": {"normalize": True}},
+        "cfg": {"model": fairseq_model_cfg(cfg, w2v2), "task": {"normalize": True}},
         "model": to_fairseq_state(model.state_dict(), layer_norm=True),
     }
     fairseq_file = tmp_path / "xlsr_fairseq.pt"
@@ -176,7 +176,7 @@ def test_continued_pretraining_starts_from_the_trained_weights(demo_index, valid
     continued = tmp_path / "continued"
     result = run(
         demo_index, valid_index, continued, "stop_at_update=10", f"checkpoint.init_from={checkpoint}",
-        "optim.warmup_updates=5", "model.latent_temp=[1.0,0.5,0.995]",
+        "optim.warmup_updates=5", "objective.wav2vec2.latent_temp=[1.0,0.5,0.995]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     fresh, trained_lines, continued_lines = (

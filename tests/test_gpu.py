@@ -94,16 +94,17 @@ def test_bf16_autocast_loss_is_within_tolerance_of_fp32():
     """The same batch, masks and negatives through XLS-R-width layers, in fp32 (TF32 off) and under
     bf16 autocast: the loss and the gradient agree to bf16's precision."""
     cfg = dataclasses.replace(MODEL_PRESETS["xlsr_300m"](), encoder_layers=4)
-    model = Wav2Vec2Model(cfg, init_seed=0).cuda().train()
+    recipe = load_config(str(ROOT / "configs" / "xlsr_300m.yaml"))
+    w2v2 = loss_cfg = recipe.objective.wav2vec2
+    model = Wav2Vec2Model(cfg, w2v2, init_seed=0).cuda().train()
     g = torch.Generator().manual_seed(0)
     source = torch.randn(4, 5 * 16_000, generator=g)
     frames = int(model.frame_lengths(torch.tensor(source.shape[1])))
     mask = compute_mask_indices(
-        (4, frames), None, cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks, True, generator=g
+        (4, frames), None, w2v2.mask_prob, w2v2.mask_length, w2v2.mask_min_masks, True, generator=g
     )
-    negatives = sample_negatives(mask, cfg.num_negatives, g)
+    negatives = sample_negatives(mask, w2v2.num_negatives, g)
     source, mask, negatives = source.cuda(), mask.cuda(), negatives.cuda()
-    loss_cfg = load_config(str(ROOT / "configs" / "xlsr_300m.yaml")).loss
 
     def loss_and_gradient(bf16: bool) -> tuple[float, torch.Tensor]:
         gumbel = torch.Generator("cuda").manual_seed(1)

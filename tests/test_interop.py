@@ -13,7 +13,7 @@ import transformers
 from small_models import fairseq_model_cfg, small_config, to_fairseq_state
 from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
-from xlsr.config import LossConfig, ModelConfig
+from xlsr.config import ModelConfig, Wav2Vec2Config
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives
 from xlsr.model.interop import (
     UnsafeCheckpointError,
@@ -30,10 +30,10 @@ from xlsr.model.interop import (
 LAYOUTS = pytest.mark.parametrize("layer_norm", [False, True], ids=["base_shaped", "xlsr_shaped"])
 
 
-def build_pair(cfg: ModelConfig):
+def build_pair(cfgs: tuple[ModelConfig, Wav2Vec2Config]):
     torch.manual_seed(0)
-    ours = Wav2Vec2Model(cfg)
-    hf_cfg = {k: v for k, v in hf_config_dict(cfg).items() if k != "model_type"}
+    ours = Wav2Vec2Model(*cfgs)
+    hf_cfg = {k: v for k, v in hf_config_dict(*cfgs).items() if k != "model_type"}
     hf = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**hf_cfg))
     hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=True)
     return ours, hf
@@ -44,7 +44,7 @@ def batch(model: Wav2Vec2Model, num_samples: int = 8000, bsz: int = 2):
     source = torch.randn(bsz, num_samples, generator=g)
     num_frames = int(model.frame_lengths(torch.tensor(num_samples)))
     mask = compute_mask_indices((bsz, num_frames), None, 0.65, 4, 2, True, generator=g)
-    neg = sample_negatives(mask, model.cfg.num_negatives, g)
+    neg = sample_negatives(mask, model.w2v2.num_negatives, g)
     # HF takes indices into the flattened (B·T) grid.
     flat_neg = neg + (torch.arange(bsz) * num_frames)[:, None, None]
     return source, mask, neg, flat_neg
@@ -73,8 +73,8 @@ def hf_parameter(hf, name: str) -> torch.nn.Parameter:
 
 @LAYOUTS
 def test_hf_eval_parity(layer_norm: bool):
-    cfg = small_config(layer_norm)
-    ours, hf = build_pair(cfg)
+    cfg, w2v2 = small_config(layer_norm)
+    ours, hf = build_pair((cfg, w2v2))
     ours.eval(), hf.eval()
     source, mask, neg, flat_neg = batch(ours)
     with torch.no_grad():
@@ -83,10 +83,10 @@ def test_hf_eval_parity(layer_norm: bool):
         out = ours(source, mask_indices=mask, negative_indices=neg)
         hf_out = hf(source, mask_time_indices=mask, sampled_negative_indices=flat_neg)
     torch.testing.assert_close(hidden, hf_hidden, rtol=1e-5, atol=1e-5)
-    expected = hf_logits(hf_out.projected_states, hf_out.projected_quantized_states, neg, cfg.logit_temp)
+    expected = hf_logits(hf_out.projected_states, hf_out.projected_quantized_states, neg, w2v2.logit_temp)
     torch.testing.assert_close(out.logits[mask], expected[mask], rtol=1e-5, atol=1e-5)
 
-    _, n, metrics = pretraining_loss(out, LossConfig(diversity_weight=0.1, feature_penalty_weight=0.0))
+    _, n, metrics = pretraining_loss(out, Wav2Vec2Config(diversity_weight=0.1, feature_penalty_weight=0.0))
     torch.testing.assert_close(metrics["loss_contrastive"], hf_out.contrastive_loss, rtol=1e-5, atol=0)
     # In eval mode HF's diversity term uses the hard-code perplexity; fairseq (and we) keep the softmax one.
     torch.testing.assert_close(out.code_perplexity, hf_out.codevector_perplexity, rtol=1e-5, atol=0)
@@ -96,15 +96,14 @@ def test_hf_eval_parity(layer_norm: bool):
 
 @LAYOUTS
 def test_hf_train_loss_and_gradient_parity(layer_norm: bool):
-    cfg = small_config(layer_norm)
-    ours, hf = build_pair(cfg)
+    ours, hf = build_pair(small_config(layer_norm))
     ours.train(), hf.train()
     source, mask, neg, flat_neg = batch(ours)
     # With no dropout the Gumbel noise is the only draw: reseeding gives both models the same noise
     # (our quantizer draws exactly like F.gumbel_softmax when no generator is passed).
     torch.manual_seed(5)
     out = ours(source, mask_indices=mask, negative_indices=neg)
-    loss, _, _ = pretraining_loss(out, LossConfig(diversity_weight=0.1, feature_penalty_weight=0.0))
+    loss, _, _ = pretraining_loss(out, Wav2Vec2Config(diversity_weight=0.1, feature_penalty_weight=0.0))
     loss.backward()
     torch.manual_seed(5)
     hf_out = hf(source, mask_time_indices=mask, sampled_negative_indices=flat_neg)
@@ -124,8 +123,7 @@ def test_hf_train_loss_and_gradient_parity(layer_norm: bool):
 def test_hf_padded_batch_parity():
     # Layer-norm models are padding-safe in HF too (attention_mask); group-norm ones are not (HF GroupNorm
     # includes padded frames, which we exclude deliberately).
-    cfg = small_config(True)
-    ours, hf = build_pair(cfg)
+    ours, hf = build_pair(small_config(True))
     ours.eval(), hf.eval()
     source = torch.randn(3, 8000)
     lengths = torch.tensor([8000, 6100, 4000])
@@ -140,8 +138,7 @@ def test_hf_padded_batch_parity():
 
 @LAYOUTS
 def test_torchaudio_encoder_parity(layer_norm: bool):
-    cfg = small_config(layer_norm)
-    ours, hf = build_pair(cfg)
+    ours, hf = build_pair(small_config(layer_norm))
     logging.getLogger("torchaudio").setLevel(logging.ERROR)
     imported = import_huggingface_model(hf.wav2vec2).eval()
     ours.eval()
@@ -154,27 +151,28 @@ def test_torchaudio_encoder_parity(layer_norm: bool):
 
 @LAYOUTS
 def test_hf_round_trip_is_identity(layer_norm: bool):
-    cfg = small_config(layer_norm)
-    ours, hf = build_pair(cfg)
+    cfg, w2v2 = small_config(layer_norm)
+    ours, hf = build_pair((cfg, w2v2))
     state = ours.state_dict()
     for hf_state in (to_hf_state_dict(state), hf.state_dict()):  # legacy weight_g/v and parametrizations keys
         back = from_hf_state_dict(hf_state, cfg)
         assert back.keys() == state.keys()
         for key, value in state.items():
             assert torch.equal(back[key], value), key
-    fresh = Wav2Vec2Model(cfg)
+    fresh = Wav2Vec2Model(cfg, w2v2)
     fresh.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg), strict=True)
 
-    round_trip = model_config_from_hf(hf_config_dict(cfg))
-    architecture = {"latent_temp", "feature_grad_mult", "require_same_masks", "mask_prob", "mask_length"}
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in architecture:
-            assert getattr(round_trip, f.name) == getattr(cfg, f.name), f.name
+    round_trip = model_config_from_hf(hf_config_dict(cfg, w2v2))
+    not_in_hf = {"latent_temp", "feature_grad_mult", "require_same_masks", "mask_prob", "mask_length"}
+    not_in_hf |= {"diversity_weight", "feature_penalty_weight"}
+    for ours_cfg, back in zip((cfg, w2v2), round_trip, strict=True):
+        for f in dataclasses.fields(ours_cfg):
+            if f.name not in not_in_hf:
+                assert getattr(back, f.name) == getattr(ours_cfg, f.name), f.name
 
 
 def test_hf_config_has_expected_fields():
-    cfg = dataclasses.replace(ModelConfig(), latent_dim=0, final_dim=256)
-    d = hf_config_dict(cfg)
+    d = hf_config_dict(ModelConfig(), Wav2Vec2Config(latent_dim=0, final_dim=256))
     assert d["architectures"] == ["Wav2Vec2ForPreTraining"] and d["model_type"] == "wav2vec2"
     assert d["feat_extract_norm"] == "group" and d["do_stable_layer_norm"] is False
     assert d["conv_kernel"] == [10, 3, 3, 3, 3, 2, 2] and d["conv_stride"] == [5, 2, 2, 2, 2, 2, 2]
@@ -189,14 +187,14 @@ def test_hf_config_has_expected_fields():
 
 @LAYOUTS
 def test_fairseq_checkpoint_round_trip(tmp_path, layer_norm: bool):
-    cfg = small_config(layer_norm)
+    cfg, w2v2 = small_config(layer_norm)
     torch.manual_seed(0)
-    ours = Wav2Vec2Model(cfg)
+    ours = Wav2Vec2Model(cfg, w2v2)
     state = ours.state_dict()
     fairseq_state = to_fairseq_state(state, layer_norm)
     assert "mask_emb" in fairseq_state and "encoder.pos_conv.0.weight_g" in fairseq_state
     assert ("feature_extractor.conv_layers.3.2.1.weight" in fairseq_state) == layer_norm
-    model_cfg = fairseq_model_cfg(cfg)
+    model_cfg = fairseq_model_cfg(cfg, w2v2)
 
     hydra = {
         "args": None,
@@ -205,29 +203,31 @@ def test_fairseq_checkpoint_round_trip(tmp_path, layer_norm: bool):
         "optimizer_history": [{"num_updates": 10, "lr_scheduler_state": {"best": None}}],
         "extra_state": {"train_iterator": {"epoch": 1}},
     }
-    legacy_args = dict(model_cfg, latent_temp=str(tuple(cfg.latent_temp)), arch="wav2vec2", lr=[0.0005])
+    legacy_args = dict(model_cfg, latent_temp=str(tuple(w2v2.latent_temp)), arch="wav2vec2", lr=[0.0005])
     legacy = {"args": argparse.Namespace(**legacy_args), "model": fairseq_state}
     for name, ckpt in (("hydra.pt", hydra), ("legacy.pt", legacy)):
         torch.save(ckpt, tmp_path / name)
-        loaded_cfg, loaded_state = load_fairseq_checkpoint(tmp_path / name)
-        assert loaded_cfg == cfg, name
+        loaded_cfg, loaded_w2v2, loaded_state = load_fairseq_checkpoint(tmp_path / name)
+        assert loaded_cfg == cfg and loaded_w2v2 == w2v2, name
         assert loaded_state.keys() == state.keys()
         assert all(torch.equal(loaded_state[k], v) for k, v in state.items())
-        fresh = Wav2Vec2Model(loaded_cfg)
+        fresh = Wav2Vec2Model(loaded_cfg, loaded_w2v2)
         fresh.load_state_dict(loaded_state, strict=True)
 
 
 def test_fairseq_finetuned_prefix_and_defaults():
-    cfg = small_config(True)
-    state = to_fairseq_state(Wav2Vec2Model(cfg).state_dict(), True)
+    cfg, w2v2 = small_config(True)
+    state = to_fairseq_state(Wav2Vec2Model(cfg, w2v2).state_dict(), True)
     finetuned = {f"w2v_encoder.w2v_model.{k}": v for k, v in state.items()}
     finetuned["w2v_encoder.proj.weight"] = torch.zeros(3, 48)
     plain, fine = from_fairseq_state_dict(state, cfg), from_fairseq_state_dict(finetuned, cfg)
     assert fine.keys() == plain.keys() and all(torch.equal(fine[k], v) for k, v in plain.items())
     # Keys absent from a fairseq config mean fairseq's defaults, not ours.
-    defaults = model_config_from_fairseq({"encoder_layers": 2})
+    defaults, w2v2_defaults = model_config_from_fairseq({"encoder_layers": 2})
     assert (
-        defaults.final_dim == 0 and defaults.dropout_input == 0.0 and defaults.extractor_mode == "group_norm"
+        w2v2_defaults.final_dim == 0
+        and defaults.dropout_input == 0.0
+        and defaults.extractor_mode == "group_norm"
     )
     assert defaults.conv_feature_layers == ModelConfig().conv_feature_layers
     with pytest.raises(ValueError, match="target_glu"):
@@ -251,13 +251,17 @@ def test_fairseq_meters_in_extra_state_load(tmp_path, monkeypatch):
     module.AverageMeter = AverageMeter
     for name in ("fairseq", "fairseq.logging", "fairseq.logging.meters"):
         monkeypatch.setitem(sys.modules, name, module if name.endswith("meters") else types.ModuleType(name))
-    cfg = small_config(True)
-    state = to_fairseq_state(Wav2Vec2Model(cfg).state_dict(), True)
-    ckpt = {"cfg": {"model": fairseq_model_cfg(cfg)}, "model": state, "extra_state": {"m": AverageMeter()}}
+    cfg, w2v2 = small_config(True)
+    state = to_fairseq_state(Wav2Vec2Model(cfg, w2v2).state_dict(), True)
+    ckpt = {
+        "cfg": {"model": fairseq_model_cfg(cfg, w2v2)},
+        "model": state,
+        "extra_state": {"m": AverageMeter()},
+    }
     torch.save(ckpt, tmp_path / "meters.pt")
     monkeypatch.delitem(sys.modules, "fairseq.logging.meters")  # loading must not need fairseq
-    loaded_cfg, _ = load_fairseq_checkpoint(tmp_path / "meters.pt")
-    assert loaded_cfg == cfg
+    loaded_cfg, loaded_w2v2, _ = load_fairseq_checkpoint(tmp_path / "meters.pt")
+    assert loaded_cfg == cfg and loaded_w2v2 == w2v2
 
 
 class NotAllowed:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from small_models import small_config
 
-from xlsr.config import LossConfig, load_config
+from xlsr.config import Wav2Vec2Config, load_config
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives
 from xlsr.model.wav2vec2 import GumbelVectorQuantizer, contrastive_logits
 
@@ -28,21 +28,22 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 )
 def test_parameter_counts_match_reference(recipe: str, millions: float):
     # Pretraining parameters (docs/model.md, "The family"): everything, quantizer and heads included.
-    cfg = load_config(CONFIGS / f"{recipe}.yaml").model
+    cfg = load_config(CONFIGS / f"{recipe}.yaml")
     with torch.device("meta"):
-        model = Wav2Vec2Model(cfg)
+        model = Wav2Vec2Model(cfg.model, cfg.objective.wav2vec2)
     count = sum(p.numel() for p in model.parameters())
     assert count / 1e6 == pytest.approx(millions, abs=0.01)
 
 
 def test_tiny_recipe_is_small():
     with torch.device("meta"):
-        model = Wav2Vec2Model(load_config(CONFIGS / "tiny.yaml").model)
+        cfg = load_config(CONFIGS / "tiny.yaml")
+        model = Wav2Vec2Model(cfg.model, cfg.objective.wav2vec2)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
 
 def test_frame_lengths():
-    model = Wav2Vec2Model(small_config(False))
+    model = Wav2Vec2Model(*small_config(False))
     lengths = model.frame_lengths(torch.tensor([32_000, 250_000, 320_000, 400]))
     assert lengths.tolist() == [99, 781, 999, 1]
 
@@ -50,7 +51,7 @@ def test_frame_lengths():
 def test_meta_build_then_init_weights():
     cfg = small_config(True)
     with torch.device("meta"):
-        model = Wav2Vec2Model(cfg)
+        model = Wav2Vec2Model(*cfg)
     model.to_empty(device="cpu")
     torch.manual_seed(0)
     model.init_weights()
@@ -62,8 +63,8 @@ def test_meta_build_then_init_weights():
 
 def test_init_follows_fairseq():
     torch.manual_seed(0)
-    cfg = dataclasses.replace(load_config(CONFIGS / "base.yaml").model, encoder_layers=2)
-    model = Wav2Vec2Model(cfg)
+    base = load_config(CONFIGS / "base.yaml")
+    model = Wav2Vec2Model(dataclasses.replace(base.model, encoder_layers=2), base.objective.wav2vec2)
     # Positional conv: N(0, sqrt(4/(k·D))) *before* weight norm, so the effective weight keeps that std.
     pos = model.encoder.pos_conv.conv
     assert pos.weight.std().item() == pytest.approx(math.sqrt(4 / (128 * 768)), rel=5e-3)
@@ -87,7 +88,7 @@ def test_init_follows_fairseq():
 @pytest.mark.parametrize("layer_norm", [False, True], ids=["group_norm_post_ln", "layer_norm_pre_ln"])
 def test_padded_batch_equals_utterances_alone(layer_norm: bool):
     torch.manual_seed(0)
-    model = Wav2Vec2Model(small_config(layer_norm)).eval()
+    model = Wav2Vec2Model(*small_config(layer_norm)).eval()
     g = torch.Generator().manual_seed(1)
     lengths = [8000, 5600, 3300]
     waves = [torch.randn(n, generator=g) for n in lengths]
@@ -126,7 +127,7 @@ def test_padded_batch_equals_utterances_alone(layer_norm: bool):
 # Gradients
 
 
-def _train_step(model: Wav2Vec2Model, loss_cfg: LossConfig, seed: int = 0) -> torch.Tensor:
+def _train_step(model: Wav2Vec2Model, loss_cfg: Wav2Vec2Config, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     source = torch.randn(3, 6000, generator=g)
     padding = torch.arange(6000) >= torch.tensor([6000, 5000, 4200])[:, None]
@@ -139,8 +140,8 @@ def _train_step(model: Wav2Vec2Model, loss_cfg: LossConfig, seed: int = 0) -> to
 def test_gradient_reaches_every_parameter():
     torch.manual_seed(0)
     for layer_norm in (False, True):
-        model = Wav2Vec2Model(small_config(layer_norm, feature_grad_mult=0.1)).train()
-        _train_step(model, LossConfig(diversity_weight=0.1, feature_penalty_weight=10.0))
+        model = Wav2Vec2Model(*small_config(layer_norm, feature_grad_mult=0.1)).train()
+        _train_step(model, Wav2Vec2Config(diversity_weight=0.1, feature_penalty_weight=10.0))
         for name, param in model.named_parameters():
             assert param.grad is not None, name
             assert param.grad.abs().sum() > 0, name
@@ -150,8 +151,8 @@ def test_gradient_reaches_every_parameter():
 def test_feature_grad_mult_scales_and_freezes():
     def conv_grad(mult: float) -> torch.Tensor | None:
         torch.manual_seed(0)
-        model = Wav2Vec2Model(small_config(False, feature_grad_mult=mult)).eval()
-        _train_step(model, LossConfig())
+        model = Wav2Vec2Model(*small_config(False, feature_grad_mult=mult)).eval()
+        _train_step(model, Wav2Vec2Config())
         return model.feature_extractor.conv_layers[0].conv.weight.grad
 
     full, tenth = conv_grad(1.0), conv_grad(0.1)
@@ -192,10 +193,10 @@ def test_negatives_with_equal_codes_are_minus_inf():
 
 def test_loss_matches_fairseq_criterion():
     torch.manual_seed(0)
-    model = Wav2Vec2Model(small_config(True)).train()
+    model = Wav2Vec2Model(*small_config(True)).train()
     g = torch.Generator().manual_seed(3)
     out = model(torch.randn(2, 5000, generator=g), generator=g)
-    loss_cfg = LossConfig(diversity_weight=0.1, feature_penalty_weight=10.0)
+    loss_cfg = Wav2Vec2Config(diversity_weight=0.1, feature_penalty_weight=10.0)
     loss, sample_size, metrics = pretraining_loss(out, loss_cfg)
 
     rows = out.logits[out.mask_indices]  # fairseq's (B·T_m, K+1)
@@ -251,7 +252,7 @@ def test_gumbel_training_is_straight_through_one_hot():
      (0.1, 400_000, 0.271), (0.1, 600_000, 0.1), (0.5, 0, 2.0)],
 )  # fmt: skip
 def test_gumbel_temperature_schedule(floor: float, update: int, temp: float):
-    model = Wav2Vec2Model(small_config(True, latent_temp=(2.0, floor, 0.999995)))
+    model = Wav2Vec2Model(*small_config(True, latent_temp=(2.0, floor, 0.999995)))
     model.set_num_updates(update)
     assert model.quantizer.curr_temp == pytest.approx(temp, abs=5e-4)
 
@@ -262,14 +263,14 @@ def test_gumbel_temperature_schedule(floor: float, update: int, temp: float):
 
 def test_no_host_sync_ops():
     torch.manual_seed(0)
-    model = Wav2Vec2Model(small_config(False, feature_grad_mult=0.1, dropout=0.1)).train()
+    model = Wav2Vec2Model(*small_config(False, feature_grad_mult=0.1, dropout=0.1)).train()
     g = torch.Generator().manual_seed(0)
     source = torch.randn(3, 6000)
     padding = torch.arange(6000) >= torch.tensor([6000, 5000, 4200])[:, None]
     model(source, padding, generator=g)  # warm-up outside the profiler
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
         out = model(source, padding, generator=g, layer_keep=[True, False])
-        loss, sample_size, _ = pretraining_loss(out, LossConfig())
+        loss, sample_size, _ = pretraining_loss(out, Wav2Vec2Config())
         (loss / sample_size).backward()
     names = {event.name for event in prof.events()}
     assert "aten::scaled_dot_product_attention" in names  # the profiler saw the model
@@ -281,11 +282,11 @@ def test_init_depends_on_the_seed_alone_unit_by_unit():
     """What lets the engine initialise a sharded model layer by layer, on any world size."""
     from xlsr.model.encoder import TransformerLayer, init_generator
 
-    cfg = small_config(True)
-    full = Wav2Vec2Model(cfg, init_seed=5)
+    cfg, w2v2 = small_config(True)
+    full = Wav2Vec2Model(cfg, w2v2, init_seed=5)
     assert all(
         torch.equal(a, b)
-        for a, b in zip(full.parameters(), Wav2Vec2Model(cfg, init_seed=5).parameters(), strict=True)
+        for a, b in zip(full.parameters(), Wav2Vec2Model(cfg, w2v2, init_seed=5).parameters(), strict=True)
     )
     alone = TransformerLayer(cfg)
     alone.init_weights(init_generator(5, 2))
@@ -293,12 +294,12 @@ def test_init_depends_on_the_seed_alone_unit_by_unit():
         full.encoder.layers[1].named_parameters(), alone.named_parameters(), strict=True
     ):
         assert torch.equal(a, b), name
-    root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), init_seed=5)
+    root = Wav2Vec2Model(dataclasses.replace(cfg, encoder_layers=0), w2v2, init_seed=5)
     root_params = dict(root.named_parameters())
     for name, value in full.named_parameters():
         if not name.startswith("encoder.layers."):
             assert torch.equal(value, root_params[name]), name
-    other = Wav2Vec2Model(cfg, init_seed=6)
+    other = Wav2Vec2Model(cfg, w2v2, init_seed=6)
     assert not torch.equal(other.mask_emb, full.mask_emb)
 
 
@@ -308,7 +309,7 @@ def test_zero_final_and_latent_dims_mean_their_defaults_everywhere():
 
     explicit = small_config(True, final_dim=48, latent_dim=48)
     implicit = small_config(True, final_dim=0, latent_dim=0)
-    assert (implicit.output_dim, implicit.codevector_dim) == (48, 48)
-    shapes = {n: p.shape for n, p in Wav2Vec2Model(explicit).named_parameters()}
-    assert {n: p.shape for n, p in Wav2Vec2Model(implicit).named_parameters()} == shapes
-    assert train_flops_per_crop(implicit, 32_000) == train_flops_per_crop(explicit, 32_000)
+    assert (implicit[1].output_dim(48), implicit[1].codevector_dim(48)) == (48, 48)
+    shapes = {n: p.shape for n, p in Wav2Vec2Model(*explicit).named_parameters()}
+    assert {n: p.shape for n, p in Wav2Vec2Model(*implicit).named_parameters()} == shapes
+    assert train_flops_per_crop(*implicit, 32_000) == train_flops_per_crop(*explicit, 32_000)

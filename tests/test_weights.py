@@ -45,10 +45,10 @@ class SystemCall:
 def test_a_malicious_pytorch_model_bin_is_one_line_and_runs_nothing(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
-    model = Wav2Vec2Model(small_config(layer_norm=True))
+    model = Wav2Vec2Model(*small_config(layer_norm=True))
     from xlsr.model.interop import hf_config_dict
 
-    (hf / "config.json").write_text(json.dumps(hf_config_dict(model.cfg)))
+    (hf / "config.json").write_text(json.dumps(hf_config_dict(model.cfg, model.w2v2)))
     with open(hf / "pytorch_model.bin", "wb") as handle:
         pickle.dump({"weight": SystemCall(tmp_path / "pwned")}, handle, protocol=2)  # torch.save's
     result = xlsr("import", "--from", "hf", str(hf), str(tmp_path / "out.pt"))
@@ -61,19 +61,23 @@ def test_a_malicious_pytorch_model_bin_is_one_line_and_runs_nothing(tmp_path):
 
 
 def test_model_files_of_version_1_read_as_wav2vec2(tmp_path):
-    model = Wav2Vec2Model(small_config(layer_norm=True))
+    model = Wav2Vec2Model(*small_config(layer_norm=True))
     from xlsr.config import to_dict
 
     path = tmp_path / "old.pt"
-    torch.save({"format": "xlsr-model", "version": 1, "model_config": to_dict(model.cfg),
+    old_config = {**to_dict(model.cfg), **to_dict(model.w2v2)}  # version 1: one flat model config
+    for loss_weight in ("diversity_weight", "feature_penalty_weight"):
+        del old_config[loss_weight]
+    torch.save({"format": "xlsr-model", "version": 1, "model_config": old_config,
                 "model": model.state_dict()}, path)  # fmt: skip
     assert load_model_file(path)["version"] == MODEL_FILE_VERSION
     weights = read_weights(path)
-    assert weights.objective.name == "wav2vec2" and weights.build().cfg == model.cfg
+    assert weights.objective.name == "wav2vec2" and weights.objective.wav2vec2 == model.w2v2
+    assert weights.build().cfg == model.cfg
 
 
 def test_encoder_only_build_needs_every_encoder_weight_and_nothing_else():
-    cfg = TrainConfig(model=small_config(layer_norm=True), objective=ObjectiveConfig(name="best_rq"))
+    cfg = TrainConfig(model=small_config(layer_norm=True)[0], objective=ObjectiveConfig(name="best_rq"))
     state = build_objective(cfg).build_model().state_dict()
     encoder = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
     assert set(state) - set(encoder) == {

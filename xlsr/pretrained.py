@@ -70,7 +70,7 @@ def _write_hf_export(directory: Path, weights: ModelWeights) -> None:
     state = weights.state if whole else weights.encoder_state()
     hf_state = {k: v.contiguous() for k, v in to_hf_state_dict(state).items()}
     save_file(hf_state, directory / "model.safetensors", metadata={"format": "pt"})
-    config = hf_config_dict(cfg)
+    config = hf_config_dict(cfg, weights.objective.wav2vec2)
     if not whole:
         config["architectures"] = ["Wav2Vec2Model"]
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2))

@@ -8,7 +8,7 @@ converted into the dataclasses of :mod:`xlsr.config.schema` (a ``model.preset`` 
 
 from xlsr.config.batch import effective_batch_hours, effective_batch_samples, for_world_size
 from xlsr.config.loading import PRESET_KEY, dump_config, from_dict, load_config, save_config, to_dict
-from xlsr.config.presets import MODEL_PRESETS
+from xlsr.config.presets import MODEL_PRESETS, WAV2VEC2_PRESETS
 from xlsr.config.schema import (
     MEL_HOP_SAMPLES,
     SAMPLE_RATE,
@@ -19,12 +19,12 @@ from xlsr.config.schema import (
     DistributedConfig,
     LauncherConfig,
     LoggingConfig,
-    LossConfig,
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
     TrainConfig,
     ValidationConfig,
+    Wav2Vec2Config,
 )
 from xlsr.config.validation import validate
 
@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_PRESETS",
     "PRESET_KEY",
     "SAMPLE_RATE",
+    "WAV2VEC2_PRESETS",
     "BestRQConfig",
     "CheckpointConfig",
     "ConfigError",
@@ -40,12 +41,12 @@ __all__ = [
     "DistributedConfig",
     "LauncherConfig",
     "LoggingConfig",
-    "LossConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",
     "TrainConfig",
     "ValidationConfig",
+    "Wav2Vec2Config",
     "dump_config",
     "effective_batch_hours",
     "effective_batch_samples",

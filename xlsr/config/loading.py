@@ -17,13 +17,18 @@ from typing import Any, Literal
 
 import yaml
 
-from xlsr.config.presets import MODEL_PRESETS
-from xlsr.config.schema import ConfigError, ModelConfig, TrainConfig
+from xlsr.config.presets import MODEL_PRESETS, WAV2VEC2_PRESETS
+from xlsr.config.schema import ConfigError, ModelConfig, TrainConfig, Wav2Vec2Config
 from xlsr.config.validation import validate
 from xlsr.fileio import atomic_write_text
 
 PRESET_KEY = "preset"
-_PRESETS: dict[type, dict[str, typing.Callable[[], Any]]] = {ModelConfig: MODEL_PRESETS}
+_PRESETS: dict[type, dict[str, typing.Callable[[], Any]]] = {
+    ModelConfig: MODEL_PRESETS,
+    Wav2Vec2Config: WAV2VEC2_PRESETS,
+}
+# Keys that moved into ``objective.wav2vec2`` (from ``model`` and the former ``loss`` section).
+_WAV2VEC2_KEYS = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
@@ -65,6 +70,8 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") ->
     where = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
+    if cls is TrainConfig:
+        data = _wav2vec2_section(data, source)
     presets = _PRESETS.get(cls, {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = [*fields, PRESET_KEY] if presets else list(fields)
@@ -90,6 +97,33 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") ->
             )
         return dataclasses.replace(presets[name](), **values)
     return cls(**values)
+
+
+def _wav2vec2_section(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``objective.wav2vec2`` takes the size of ``model.preset`` unless it names its own; a wav2vec
+    2.0 key under ``model`` or ``loss`` (where xlsr 0.1 had them) is an error naming its new place."""
+    model, loss = data.get("model") or {}, data.get("loss")
+    moved = [f"model.{key}" for key in model if key in _WAV2VEC2_KEYS] if isinstance(model, dict) else []
+    if loss is not None:
+        moved.append("loss")
+    if moved:
+        example = "diversity_weight" if moved[0] == "loss" else moved[0].rpartition(".")[2]
+        raise ConfigError(
+            f"{source}: {', '.join(moved)} moved to objective.wav2vec2 (e.g. objective.wav2vec2.{example}); "
+            "the model section holds the encoder only"
+        )
+    preset = model.get(PRESET_KEY) if isinstance(model, dict) else None
+    objective = data.get("objective") or {}
+    section = objective.get("wav2vec2") if isinstance(objective, dict) else None
+    section = section if section is not None else {}
+    if (
+        isinstance(preset, str)
+        and preset in WAV2VEC2_PRESETS
+        and isinstance(section, dict)
+        and PRESET_KEY not in section
+    ):
+        data = {**data, "objective": {**objective, "wav2vec2": {PRESET_KEY: preset, **section}}}
+    return data
 
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:

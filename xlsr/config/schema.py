@@ -24,7 +24,8 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """wav2vec 2.0 / XLS-R architecture and pretraining objective (fairseq names)."""
+    """The speech encoder every objective trains (fairseq names): conv feature extractor and
+    Transformer. What it is trained with is the ``objective`` section."""
 
     extractor_mode: Literal["group_norm", "layer_norm"] = "group_norm"
     # (channels, kernel, stride) per conv block of the feature encoder.
@@ -43,33 +44,8 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
     dropout_input: float = 0.1
-    dropout_features: float = 0.1
     encoder_layerdrop: float = 0.05
     feature_grad_mult: float = 0.1
-    final_dim: int = 256
-    latent_vars: int = 320
-    latent_groups: int = 2
-    # Codebook vector size (vq_dim); 0 means final_dim, as in fairseq.
-    latent_dim: int = 0
-    # Gumbel temperature (start, floor, decay per optimizer update).
-    latent_temp: tuple[float, float, float] = (2.0, 0.5, 0.999995)
-    logit_temp: float = 0.1
-    num_negatives: int = 100
-    mask_prob: float = 0.65
-    mask_length: int = 10
-    mask_min_masks: int = 2
-    # fairseq's require_same_masks: every utterance of a micro-batch gets the same masked count.
-    require_same_masks: bool = True
-
-    @property
-    def output_dim(self) -> int:
-        """Size of the contrastive space (final_proj, project_q): final_dim, or the model dim if 0."""
-        return self.final_dim if self.final_dim > 0 else self.encoder_embed_dim
-
-    @property
-    def codevector_dim(self) -> int:
-        """Size of a concatenated codebook vector: latent_dim, or output_dim if 0."""
-        return self.latent_dim if self.latent_dim > 0 else self.output_dim
 
     @property
     def frame_rate_hz(self) -> float:
@@ -90,11 +66,35 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    """Weights of the extra losses, multiplied by the number of masked frames (fairseq loss_weights)."""
+class Wav2Vec2Config:
+    """wav2vec 2.0's quantizer, negatives, masks and loss weights (fairseq names; ``objective.wav2vec2``)."""
 
+    dropout_features: float = 0.1
+    final_dim: int = 256
+    latent_vars: int = 320
+    latent_groups: int = 2
+    # Codebook vector size (vq_dim); 0 means final_dim, as in fairseq.
+    latent_dim: int = 0
+    # Gumbel temperature (start, floor, decay per optimizer update).
+    latent_temp: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    logit_temp: float = 0.1
+    num_negatives: int = 100
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    mask_min_masks: int = 2
+    # fairseq's require_same_masks: every utterance of a micro-batch gets the same masked count.
+    require_same_masks: bool = True
+    # Weights of the extra losses, multiplied by the number of masked frames (fairseq loss_weights).
     diversity_weight: float = 0.1
     feature_penalty_weight: float = 10.0
+
+    def output_dim(self, encoder_dim: int) -> int:
+        """Size of the contrastive space (final_proj, project_q): final_dim, or the model dim if 0."""
+        return self.final_dim if self.final_dim > 0 else encoder_dim
+
+    def codevector_dim(self, encoder_dim: int) -> int:
+        """Size of a concatenated codebook vector: latent_dim, or output_dim if 0."""
+        return self.latent_dim if self.latent_dim > 0 else self.output_dim(encoder_dim)
 
 
 # BEST-RQ's log-mel hop (10 ms): its targets stack these frames to the encoder's frame rate.
@@ -123,13 +123,11 @@ class BestRQConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Which pretraining objective trains the encoder (xlsr.objectives; docs/architecture.md).
-
-    ``wav2vec2`` reads its quantizer, negatives and masks from ``model`` and ``loss`` (fairseq's
-    names); ``best_rq`` reads its section below.
-    """
+    """Which pretraining objective trains the encoder (xlsr.objectives; docs/architecture.md), and
+    each objective's section (only the named one is read)."""
 
     name: Literal["wav2vec2", "best_rq"] = "wav2vec2"
+    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
     best_rq: BestRQConfig = field(default_factory=BestRQConfig)
 
 
@@ -276,7 +274,6 @@ class TrainConfig:
     stop_at_update: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

@@ -52,18 +52,18 @@ RANGES: dict[str, Rule] = {
     "model.attention_dropout": PROBABILITY,
     "model.activation_dropout": PROBABILITY,
     "model.dropout_input": PROBABILITY,
-    "model.dropout_features": PROBABILITY,
+    "objective.wav2vec2.dropout_features": PROBABILITY,
     "model.encoder_layerdrop": PROBABILITY,
     "model.feature_grad_mult": at_least(0),
-    "model.final_dim": at_least(0),
-    "model.latent_vars": at_least(1),
-    "model.latent_groups": at_least(1),
-    "model.latent_dim": at_least(0),
-    "model.logit_temp": above(0),
-    "model.num_negatives": at_least(1),
-    "model.mask_prob": within(0, 1),
-    "model.mask_length": at_least(1),
-    "model.mask_min_masks": at_least(0),
+    "objective.wav2vec2.final_dim": at_least(0),
+    "objective.wav2vec2.latent_vars": at_least(1),
+    "objective.wav2vec2.latent_groups": at_least(1),
+    "objective.wav2vec2.latent_dim": at_least(0),
+    "objective.wav2vec2.logit_temp": above(0),
+    "objective.wav2vec2.num_negatives": at_least(1),
+    "objective.wav2vec2.mask_prob": within(0, 1),
+    "objective.wav2vec2.mask_length": at_least(1),
+    "objective.wav2vec2.mask_min_masks": at_least(0),
     "objective.best_rq.num_codebooks": at_least(1),
     "objective.best_rq.codebook_size": at_least(2),
     "objective.best_rq.codebook_dim": at_least(1),
@@ -71,8 +71,8 @@ RANGES: dict[str, Rule] = {
     "objective.best_rq.mask_prob": within(0, 1),
     "objective.best_rq.mask_length": at_least(1),
     "objective.best_rq.mask_min_masks": at_least(0),
-    "loss.diversity_weight": at_least(0),
-    "loss.feature_penalty_weight": at_least(0),
+    "objective.wav2vec2.diversity_weight": at_least(0),
+    "objective.wav2vec2.feature_penalty_weight": at_least(0),
     "data.language_alpha": within(0, 1),
     "data.corpus_alpha": within(0, 1),
     "data.max_tokens": at_least(1),
@@ -129,7 +129,6 @@ _RELATIONS: dict[str, Callable[[Any, Any], bool]] = {">=": operator.ge, "<=": op
 MULTIPLES: list[tuple[str, str]] = [
     ("model.encoder_embed_dim", "model.encoder_attention_heads"),
     ("model.encoder_embed_dim", "model.conv_pos_groups"),
-    ("model.codevector_dim", "model.latent_groups"),
 ]
 
 _DEFAULT_ZERO_STAGE = DistributedConfig().zero_stage
@@ -194,22 +193,30 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
     if cfg.objective.name == "best_rq" and stride % MEL_HOP_SAMPLES:
         requirement = f"must have a total stride that is a multiple of {MEL_HOP_SAMPLES} samples for best_rq"
         yield "model.conv_feature_layers", requirement + " (its targets stack 10 ms log-mel frames)", stride
-    start, floor, decay = model.latent_temp
+    yield from _wav2vec2_violations(cfg)
+
+
+def _wav2vec2_violations(cfg: TrainConfig) -> Iterator[Violation]:
+    w2v2 = cfg.objective.wav2vec2
+    vq_dim = w2v2.codevector_dim(cfg.model.encoder_embed_dim)
+    if vq_dim % w2v2.latent_groups:
+        requirement = f"must be a multiple of objective.wav2vec2.latent_groups ({w2v2.latent_groups})"
+        yield _model_key_of(cfg, "objective.wav2vec2.codevector_dim"), requirement, vq_dim
+    latent_temp = w2v2.latent_temp
+    start, floor, decay = latent_temp
     if not 0 < floor <= start:
-        yield (
-            "model.latent_temp",
-            "must be (start, floor, decay) with 0 < floor <= start",
-            list(model.latent_temp),
-        )
+        requirement = "must be (start, floor, decay) with 0 < floor <= start"
+        yield "objective.wav2vec2.latent_temp", requirement, list(latent_temp)
     if not 0 < decay <= 1:
-        yield "model.latent_temp[2]", "must be in (0, 1]", decay
+        yield "objective.wav2vec2.latent_temp[2]", "must be in (0, 1]", decay
 
 
 def _model_key_of(cfg: TrainConfig, key: str) -> str:
     """The field a derived size comes from (codevector_dim: latent_dim, else final_dim, else model dim)."""
-    if key != "model.codevector_dim":
+    if key != "objective.wav2vec2.codevector_dim":
         return key
-    return next(k for k in ("model.latent_dim", "model.final_dim", "model.encoder_embed_dim") if _get(cfg, k))
+    candidates = ("objective.wav2vec2.latent_dim", "objective.wav2vec2.final_dim", "model.encoder_embed_dim")
+    return next(k for k in candidates if _get(cfg, k))
 
 
 def _ignored_by_backend(cfg: TrainConfig) -> Iterator[Violation]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xlsr.config import LossConfig, ModelConfig
+from xlsr.config import ModelConfig, Wav2Vec2Config
 from xlsr.process import UserError
 
 _G = "parametrizations.weight.original0"  # weight-norm gain, (1, 1, k)
@@ -94,9 +94,11 @@ _from_fairseq = _renamer(_FAIRSEQ_NAMES)
 # Hugging Face
 
 
-def hf_config_dict(cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> dict[str, Any]:
-    """``Wav2Vec2Config`` fields (config.json) for ``cfg``: each fairseq model field under its HF name."""
-    loss_cfg = loss_cfg or LossConfig()
+def hf_config_dict(cfg: ModelConfig, w2v2: Wav2Vec2Config | None = None) -> dict[str, Any]:
+    """HF ``Wav2Vec2Config`` fields (config.json) for the encoder ``cfg`` and wav2vec 2.0's ``w2v2``:
+    each fairseq field under its HF name."""
+    w2v2 = w2v2 or Wav2Vec2Config()
+    dim = cfg.encoder_embed_dim
     dims, kernels, strides = (list(column) for column in zip(*cfg.conv_feature_layers, strict=True))
     return {
         "architectures": ["Wav2Vec2ForPreTraining"],
@@ -119,21 +121,21 @@ def hf_config_dict(cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> dict
         "attention_dropout": cfg.attention_dropout,
         "activation_dropout": cfg.activation_dropout,
         "feat_proj_dropout": cfg.dropout_input,
-        "feat_quantizer_dropout": cfg.dropout_features,
+        "feat_quantizer_dropout": w2v2.dropout_features,
         "layerdrop": cfg.encoder_layerdrop,
         "num_conv_pos_embeddings": cfg.conv_pos,
         "num_conv_pos_embedding_groups": cfg.conv_pos_groups,
-        "num_codevectors_per_group": cfg.latent_vars,
-        "num_codevector_groups": cfg.latent_groups,
-        "codevector_dim": cfg.codevector_dim,
-        "proj_codevector_dim": cfg.output_dim,
-        "contrastive_logits_temperature": cfg.logit_temp,
-        "num_negatives": cfg.num_negatives,
-        "diversity_loss_weight": loss_cfg.diversity_weight,
+        "num_codevectors_per_group": w2v2.latent_vars,
+        "num_codevector_groups": w2v2.latent_groups,
+        "codevector_dim": w2v2.codevector_dim(dim),
+        "proj_codevector_dim": w2v2.output_dim(dim),
+        "contrastive_logits_temperature": w2v2.logit_temp,
+        "num_negatives": w2v2.num_negatives,
+        "diversity_loss_weight": w2v2.diversity_weight,
         "apply_spec_augment": True,
-        "mask_time_prob": cfg.mask_prob,
-        "mask_time_length": cfg.mask_length,
-        "mask_time_min_masks": cfg.mask_min_masks,
+        "mask_time_prob": w2v2.mask_prob,
+        "mask_time_length": w2v2.mask_length,
+        "mask_time_min_masks": w2v2.mask_min_masks,
         "mask_feature_prob": 0.0,
         "initializer_range": 0.02,
     }
@@ -152,14 +154,14 @@ def hf_preprocessor_config_dict(normalize: bool, extractor_mode: str) -> dict[st
     }
 
 
-def model_config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
+def model_config_from_hf(hf_config: Mapping[str, Any]) -> tuple[ModelConfig, Wav2Vec2Config]:
     """Inverse of :func:`hf_config_dict`; fields HF does not store (latent_temp, ...) keep our defaults."""
     c = dict(hf_config)
     layers = [
         (int(d), int(k), int(s))
         for d, k, s in zip(c["conv_dim"], c["conv_kernel"], c["conv_stride"], strict=True)
     ]
-    return ModelConfig(
+    model = ModelConfig(
         extractor_mode="layer_norm" if c.get("feat_extract_norm", "group") == "layer" else "group_norm",
         conv_feature_layers=layers,
         conv_bias=bool(c.get("conv_bias", False)),
@@ -174,8 +176,10 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
         attention_dropout=float(c.get("attention_dropout", 0.1)),
         activation_dropout=float(c.get("activation_dropout", 0.1)),
         dropout_input=float(c.get("feat_proj_dropout", 0.0)),
-        dropout_features=float(c.get("feat_quantizer_dropout", 0.0)),
         encoder_layerdrop=float(c.get("layerdrop", 0.1)),
+    )
+    w2v2 = Wav2Vec2Config(
+        dropout_features=float(c.get("feat_quantizer_dropout", 0.0)),
         final_dim=int(c.get("proj_codevector_dim", 256)),
         latent_vars=int(c.get("num_codevectors_per_group", 320)),
         latent_groups=int(c.get("num_codevector_groups", 2)),
@@ -186,6 +190,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
         mask_length=int(c.get("mask_time_length", 10)),
         mask_min_masks=int(c.get("mask_time_min_masks", 2)),
     )
+    return model, w2v2
 
 
 def hf_name(key: str) -> str:
@@ -292,8 +297,11 @@ def _eval_literal(text: str) -> Any:
     return walk(ast.parse(text, mode="eval"))
 
 
-def model_config_from_fairseq(cfg_dict: Mapping[str, Any] | argparse.Namespace) -> ModelConfig:
-    """fairseq model config (``cfg["model"]`` or the legacy ``args`` Namespace) → ModelConfig."""
+def model_config_from_fairseq(
+    cfg_dict: Mapping[str, Any] | argparse.Namespace,
+) -> tuple[ModelConfig, Wav2Vec2Config]:
+    """fairseq model config (``cfg["model"]`` or the legacy ``args`` Namespace) → our encoder and
+    wav2vec 2.0 configs (the loss weights, which fairseq keeps in the criterion, keep our defaults)."""
     c = dict(vars(cfg_dict)) if isinstance(cfg_dict, argparse.Namespace) else dict(cfg_dict)
     for key, required in _FAIRSEQ_UNSUPPORTED.items():
         if key in c and c[key] is not None and c[key] != required:
@@ -305,7 +313,8 @@ def model_config_from_fairseq(cfg_dict: Mapping[str, Any] | argparse.Namespace) 
     def get(key: str) -> Any:
         value = c.get(key)
         if value is None:
-            value = _FAIRSEQ_DEFAULTS.get(key, getattr(ModelConfig(), key))
+            ours = ModelConfig() if hasattr(ModelConfig(), key) else Wav2Vec2Config()
+            value = _FAIRSEQ_DEFAULTS.get(key, getattr(ours, key))
         return _eval_literal(value) if isinstance(value, str) and value[:1] in "[(" else value
 
     layers = get("conv_feature_layers")
@@ -315,10 +324,11 @@ def model_config_from_fairseq(cfg_dict: Mapping[str, Any] | argparse.Namespace) 
     values = {f.name: get(f.name) for f in dataclasses.fields(ModelConfig)}
     values["extractor_mode"] = "layer_norm" if mode == "layer_norm" else "group_norm"
     values["conv_feature_layers"] = [tuple(int(v) for v in layer) for layer in layers]
-    values["latent_temp"] = tuple(float(v) for v in values["latent_temp"])
+    w2v2 = {f.name: get(f.name) for f in dataclasses.fields(Wav2Vec2Config) if not f.name.endswith("_weight")}
+    w2v2["latent_temp"] = tuple(float(v) for v in w2v2["latent_temp"])
     if c.get("mask_min_masks") is None:
-        values["mask_min_masks"] = 2  # hard-coded in fairseq's apply_mask before it became an option
-    return ModelConfig(**values)
+        w2v2["mask_min_masks"] = 2  # hard-coded in fairseq's apply_mask before it became an option
+    return ModelConfig(**values), Wav2Vec2Config(**w2v2)
 
 
 def from_fairseq_state_dict(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
@@ -406,11 +416,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_fairseq_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+def load_fairseq_checkpoint(path: str | Path) -> tuple[ModelConfig, Wav2Vec2Config, dict[str, Tensor]]:
     """Load a fairseq checkpoint without executing pickled code (``weights_only=True`` plus an allow-list).
 
     Accepts Hydra-era checkpoints (``cfg["model"]``, a dict or OmegaConf container) and 2020-era ones with an
-    ``args`` Namespace. Returns our ModelConfig and state dict.
+    ``args`` Namespace. Returns our encoder and wav2vec 2.0 configs and the state dict.
     """
     if not Path(path).is_file():
         raise UnreadableCheckpointError(f"{path}: not a file (expected a fairseq checkpoint .pt)")
@@ -433,9 +443,9 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Te
         raise UnreadableCheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     cfg = _plain(ckpt.get("cfg"))
     if cfg is not None and _plain(cfg.get("model")) is not None:
-        model_cfg = model_config_from_fairseq(_plain(cfg["model"]))
+        model_cfg, w2v2 = model_config_from_fairseq(_plain(cfg["model"]))
     elif ckpt.get("args") is not None:
-        model_cfg = model_config_from_fairseq(ckpt["args"])
+        model_cfg, w2v2 = model_config_from_fairseq(ckpt["args"])
     else:
         raise UnreadableCheckpointError(f"{path}: no model config (neither cfg['model'] nor args)")
-    return model_cfg, from_fairseq_state_dict(ckpt["model"], model_cfg)
+    return model_cfg, w2v2, from_fairseq_state_dict(ckpt["model"], model_cfg)

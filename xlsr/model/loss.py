@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from xlsr.config import LossConfig
+from xlsr.config import Wav2Vec2Config
 from xlsr.model.wav2vec2 import PretrainingOutput
 
 
 def pretraining_loss(
-    out: PretrainingOutput, loss_cfg: LossConfig
+    out: PretrainingOutput, loss_cfg: Wav2Vec2Config
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """(loss summed over masked frames, N = number of masked frames, detached metrics).
 

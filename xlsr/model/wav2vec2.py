@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlsr.config import ModelConfig
+from xlsr.config import ModelConfig, Wav2Vec2Config
 from xlsr.model.encoder import SpeechEncoder
 from xlsr.model.masking import compute_mask_indices, sample_negatives
 
@@ -139,20 +139,22 @@ def contrastive_logits(
 
 
 class Wav2Vec2Model(SpeechEncoder):
-    def __init__(self, cfg: ModelConfig, init_seed: int = 0):
+    def __init__(self, cfg: ModelConfig, w2v2: Wav2Vec2Config | None = None, init_seed: int = 0):
+        """The encoder ``cfg`` with wav2vec 2.0's quantizer and head ``w2v2`` (default: BASE's)."""
         super().__init__(cfg)
+        w2v2 = self.w2v2 = w2v2 or Wav2Vec2Config()
         conv_dim = cfg.conv_feature_layers[-1][0]
-        final_dim, vq_dim = cfg.output_dim, cfg.codevector_dim
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        final_dim, vq_dim = w2v2.output_dim(cfg.encoder_embed_dim), w2v2.codevector_dim(cfg.encoder_embed_dim)
+        self.dropout_features = nn.Dropout(w2v2.dropout_features)
         self.quantizer = GumbelVectorQuantizer(
-            conv_dim, cfg.latent_vars, cfg.latent_groups, vq_dim, cfg.latent_temp
+            conv_dim, w2v2.latent_vars, w2v2.latent_groups, vq_dim, w2v2.latent_temp
         )
         self.project_q = nn.Linear(vq_dim, final_dim)
         self.final_proj = nn.Linear(cfg.encoder_embed_dim, final_dim)
         self.init_weights(init_seed)
 
     def root_template(self, seed: int) -> nn.Module:
-        return Wav2Vec2Model(dataclasses.replace(self.cfg, encoder_layers=0), init_seed=seed)
+        return Wav2Vec2Model(dataclasses.replace(self.cfg, encoder_layers=0), self.w2v2, init_seed=seed)
 
     @torch.no_grad()
     def init_root_weights(self, generator: torch.Generator) -> None:
@@ -172,7 +174,7 @@ class Wav2Vec2Model(SpeechEncoder):
         device: torch.device,
     ) -> Tensor:
         """Time masks with the config's settings (fairseq's ``compute_mask_indices``), (B, T) bool."""
-        cfg = self.cfg
+        cfg = self.w2v2
         return compute_mask_indices(
             (bsz, num_frames),
             frame_padding,
@@ -193,7 +195,7 @@ class Wav2Vec2Model(SpeechEncoder):
         generator: torch.Generator | None = None,
         layer_keep: list[bool] | None = None,
     ) -> PretrainingOutput:
-        cfg = self.cfg
+        cfg = self.w2v2
         x, unmasked, features_pen, frame_padding = self.frontend(source, padding_mask)
         # The quantizer sees the LayerNormed, unmasked, unprojected features (fairseq's unmasked_features).
         unmasked = self.dropout_features(unmasked)

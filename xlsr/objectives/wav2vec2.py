@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from xlsr.config import ModelConfig, TrainConfig
+from xlsr.config import ModelConfig, TrainConfig, Wav2Vec2Config
 from xlsr.model.encoder import encoder_forward_flops
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import sample_negatives
@@ -24,8 +24,8 @@ class Wav2Vec2Objective:
     name = "wav2vec2"
 
     def __init__(self, cfg: TrainConfig):
-        self.model_cfg, self.loss_cfg = cfg.model, cfg.loss
-        model = cfg.model
+        self.model_cfg, self.w2v2 = cfg.model, cfg.objective.wav2vec2
+        w2v2 = self.w2v2
         self.spec = MetricSpec(
             sums={
                 "loss_contrastive": ("bits", "loss_contrastive"),
@@ -44,15 +44,15 @@ class Wav2Vec2Objective:
                 ("temperature", ".3f", "temperature"),
             ),
             loss_key="loss_contrastive",
-            chance_bits=math.log2(model.num_negatives + 1),  # uniform over the positive and K negatives
+            chance_bits=math.log2(w2v2.num_negatives + 1),  # uniform over the positive and K negatives
             usage_key="code_perplexity",
-            codebook_size=model.latent_groups * model.latent_vars,
+            codebook_size=w2v2.latent_groups * w2v2.latent_vars,
             schedule_keys=("temperature",),
             best_key="valid_loss_contrastive",
         )
 
     def build_model(self, init_seed: int = 0) -> Wav2Vec2Model:
-        return Wav2Vec2Model(self.model_cfg, init_seed=init_seed)
+        return Wav2Vec2Model(self.model_cfg, self.w2v2, init_seed=init_seed)
 
     def set_num_updates(self, model: nn.Module, num_updates: int) -> None:
         model.set_num_updates(num_updates)
@@ -68,7 +68,7 @@ class Wav2Vec2Objective:
         frames = self.model_cfg.num_frames(source.shape[1])
         frame_padding = model.frame_padding_mask(padding_mask, frames)
         masks = model.draw_masks(source.shape[0], frames, frame_padding, generator, source.device)
-        negatives = sample_negatives(masks, self.model_cfg.num_negatives, generator)
+        negatives = sample_negatives(masks, self.w2v2.num_negatives, generator)
         draws = {"mask_indices": masks, "negative_indices": negatives}
         return Prepared(source, padding_mask, masks.sum().float(), draws, generator)
 
@@ -82,21 +82,21 @@ class Wav2Vec2Objective:
             layer_keep=layer_keep,
             **prepared.draws,
         )
-        loss, _, metrics = pretraining_loss(output, self.loss_cfg)
+        loss, _, metrics = pretraining_loss(output, self.w2v2)
         return loss, metrics
 
     def features(self, module: nn.Module, source: Tensor) -> None:
         frames = self.model_cfg.num_frames(source.shape[1])
         no_masks = torch.zeros(source.shape[0], frames, dtype=torch.bool, device=source.device)
         negatives = torch.zeros(
-            source.shape[0], frames, self.model_cfg.num_negatives, dtype=torch.long, device=source.device
+            source.shape[0], frames, self.w2v2.num_negatives, dtype=torch.long, device=source.device
         )
         module(source, None, mask_indices=no_masks, negative_indices=negatives)
 
     def interval_metrics(self, sums: dict[str, float], passes: float, prefix: str = "") -> dict[str, float]:
         metrics = self.spec.reduce(sums, passes, prefix)
         if not prefix:  # the diversity term itself, 1 - prob_perplexity / codes (a collapse alarm reads it)
-            weight = max(self.loss_cfg.diversity_weight, 1e-12)
+            weight = max(self.w2v2.diversity_weight, 1e-12)
             metrics["diversity"] = metrics["loss_diversity"] / BITS / weight
         return metrics
 
@@ -111,7 +111,7 @@ class Wav2Vec2Objective:
         return collapse_alarms(metrics, self.spec, past_warmup)
 
     def flops_per_crop(self, crop_samples: int) -> float:
-        return train_flops_per_crop(self.model_cfg, crop_samples)
+        return train_flops_per_crop(self.model_cfg, self.w2v2, crop_samples)
 
 
 def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[str]:
@@ -135,17 +135,19 @@ def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bo
     return alarms
 
 
-def train_flops_per_crop(cfg: ModelConfig, crop_samples: int, masked_fraction: float = 0.49) -> float:
+def train_flops_per_crop(
+    cfg: ModelConfig, w2v2: Wav2Vec2Config, crop_samples: int, masked_fraction: float = 0.49
+) -> float:
     """Training FLOPs for one utterance: the encoder, then the quantizer, projections and cosine logits."""
     encoder, frames = encoder_forward_flops(cfg, crop_samples)
-    conv_dim = cfg.conv_feature_layers[-1][0]
-    final, vq_dim = cfg.output_dim, cfg.codevector_dim
-    codes = cfg.latent_groups * cfg.latent_vars
+    conv_dim, dim = cfg.conv_feature_layers[-1][0], cfg.encoder_embed_dim
+    final, vq_dim = w2v2.output_dim(dim), w2v2.codevector_dim(dim)
+    codes = w2v2.latent_groups * w2v2.latent_vars
     per_frame = (
         2 * conv_dim * codes
-        + 2 * codes * vq_dim / cfg.latent_groups  # quantizer
+        + 2 * codes * vq_dim / w2v2.latent_groups  # quantizer
         + 2 * vq_dim * final
-        + 2 * cfg.encoder_embed_dim * final  # project_q, final_proj
-        + masked_fraction * (cfg.num_negatives + 1) * 3 * final  # cosine logits
+        + 2 * dim * final  # project_q, final_proj
+        + masked_fraction * (w2v2.num_negatives + 1) * 3 * final  # cosine logits
     )
     return 3 * (encoder + frames * per_frame)

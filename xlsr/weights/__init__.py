@@ -31,8 +31,8 @@ from xlsr.weights.training_checkpoint import (
 
 
 def read_fairseq(path: Path) -> ModelWeights:
-    cfg, state = load_fairseq_checkpoint(path)
-    return ModelWeights(cfg, state, ObjectiveConfig(name="wav2vec2"), str(path))
+    cfg, w2v2, state = load_fairseq_checkpoint(path)
+    return ModelWeights(cfg, state, ObjectiveConfig(name="wav2vec2", wav2vec2=w2v2), str(path))
 
 
 def _model_file_or_fairseq(path: Path) -> ModelWeights:

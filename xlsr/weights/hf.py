@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from xlsr.config import ObjectiveConfig
 from xlsr.model.interop import UnreadableCheckpointError, from_hf_state_dict, model_config_from_hf
 from xlsr.weights.base import ModelWeights
 
@@ -25,7 +26,7 @@ def is_hf_directory(path: Path) -> bool:
 
 def read_hf_directory(directory: Path) -> ModelWeights:
     try:
-        cfg = model_config_from_hf(json.loads((directory / HF_CONFIG_NAME).read_text()))
+        cfg, w2v2 = model_config_from_hf(json.loads((directory / HF_CONFIG_NAME).read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise UnreadableCheckpointError(
             f"{directory / HF_CONFIG_NAME}: not a wav2vec 2.0 config ({exc})"
@@ -38,7 +39,8 @@ def read_hf_directory(directory: Path) -> ModelWeights:
         hf_state = _load_bin(directory / "pytorch_model.bin")
     else:
         raise UnreadableCheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    return ModelWeights(cfg, from_hf_state_dict(hf_state, cfg), source=str(directory))
+    objective = ObjectiveConfig(name="wav2vec2", wav2vec2=w2v2)
+    return ModelWeights(cfg, from_hf_state_dict(hf_state, cfg), objective, str(directory))
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:

@@ -1,18 +1,19 @@
 """xlsr model files (``.pt``): what `xlsr import` writes and ``checkpoint.init_from`` reads.
 
-{"format": "xlsr-model", "version": 2, "model_config": {...}, "objective_config": {...}, "model":
-state dict}, loaded with ``weights_only=True`` (no code runs). Version 1 (xlsr 0.1) had no
-objective: every such file holds wav2vec 2.0 weights, which `upgrade` records.
+{"format": "xlsr-model", "version": 2, "model_config": {...} (the encoder), "objective_config":
+{...}, "model": state dict}, loaded with ``weights_only=True`` (no code runs). Version 1 (xlsr 0.1)
+had no objective and kept wav2vec 2.0's fields in the model config: `upgrade` moves them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xlsr.config import ModelConfig, ObjectiveConfig, from_dict, to_dict
+from xlsr.config import ModelConfig, ObjectiveConfig, Wav2Vec2Config, from_dict, to_dict
 from xlsr.model.interop import UnreadableCheckpointError
 from xlsr.weights.base import ModelWeights
 
@@ -41,10 +42,16 @@ def load_model_file(path: Path) -> dict[str, Any]:
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 → 2: the objective section (version 1 files are all wav2vec 2.0)."""
-    if data.get("version", 1) == 1:
-        data = {**data, "version": 2, "objective_config": to_dict(ObjectiveConfig(name="wav2vec2"))}
-    return data
+    """Version 1 → 2: wav2vec 2.0's fields move from the model config to the objective section
+    (version 1 files are all wav2vec 2.0)."""
+    if data.get("version", 1) != 1:
+        return data
+    moved = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    model = {key: value for key, value in data["model_config"].items() if key not in moved}
+    w2v2 = {key: value for key, value in data["model_config"].items() if key in moved}
+    objective = to_dict(ObjectiveConfig(name="wav2vec2"))
+    objective["wav2vec2"].update(w2v2)
+    return {**data, "version": 2, "model_config": model, "objective_config": objective}
 
 
 def read_model_file(path: Path) -> ModelWeights:
