@@ -19,7 +19,7 @@ import yaml
 from slurm_jobs import CPU_TASKS, run_xlsr, scontrol_job, wait_for
 
 from launchers.slurm.cli import parse_mem_gb, parse_time
-from launchers.slurm.job import requeue_decision, train_run_dir
+from launchers.slurm.job import MASTER_PORTS, master_port, requeue_decision, train_run_dir
 from launchers.slurm.resources import Request, impossible_request, parse_partitions
 from xlsr.cli import main as xlsr_main
 from xlsr.config import load_config, to_dict
@@ -287,3 +287,10 @@ def test_status_names_the_reason_of_a_job_that_cannot_start(env, demo_index, tmp
         assert f"scancel {job_id} and submit with resources" in status
     finally:
         subprocess.run(["scancel", job_id], env=env, check=False)
+
+
+def test_master_port_is_shared_by_the_nodes_new_per_restart_and_never_ephemeral():
+    ports = {master_port(str(job), restart) for job in range(200) for restart in range(3)}
+    assert all(20_000 <= port < 32_768 for port in ports) and len(ports) > 500  # below 32768-60999
+    assert master_port("6", 0) == master_port("6", 0) != master_port("6", 1)
+    assert len(MASTER_PORTS) == 12_768

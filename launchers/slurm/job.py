@@ -50,6 +50,7 @@ import re
 import signal
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,13 @@ class TrainTask:
         from submitit import JobEnvironment
         from submitit.helpers import TorchDistributedEnvironment
 
+        job_id = os.environ.get("SLURM_JOB_ID") or str(JobEnvironment().job_id)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        os.environ.setdefault("MASTER_PORT", str(master_port(job_id, restarts)))  # a user's value wins
         dist_env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         _configure_logging(dist_env.rank)
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             os.environ.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
-        job_id = os.environ.get("SLURM_JOB_ID") or str(JobEnvironment().job_id)
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if dist_env.rank == 0:
             log.info(
                 "SLURM job %s, restart %d, rank 0 of %d, master %s:%s, run dir %s",
@@ -162,6 +164,18 @@ class TrainTask:
         sys.stderr.flush()
         # SystemExit, not an exception: submitit then writes no result file (the job is not done).
         raise SystemExit(code)
+
+
+# Below Linux's default ephemeral range (32768-60999), where outgoing connections take their ports:
+# submitit's default (a port in 20000-60000 from the job id) can collide with one (EADDRINUSE).
+MASTER_PORTS = range(20_000, 32_768)
+
+
+def master_port(job_id: str, restarts: int) -> int:
+    """The rendezvous port of one run of a job: the same on every node (it depends on the job id and
+    the restart count only), another after a requeue (the old one may still be in TIME_WAIT)."""
+    digest = zlib.crc32(f"{job_id}/{restarts}".encode())
+    return MASTER_PORTS[digest % len(MASTER_PORTS)]
 
 
 def _configure_logging(rank: int) -> None:
