@@ -277,7 +277,7 @@ def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None
 
     Weights of the whole model, trained with the run's objective, initialise everything. Weights of
     another objective (e.g. a released wav2vec 2.0 model under a BEST-RQ run), or of an encoder
-    alone (a bare HF ``Wav2Vec2Model``), initialise the shared encoder, all of whose parameters
+    alone (an encoder-only Hugging Face export), initialise the shared encoder, all of whose parameters
     they must hold; the run's objective head starts from its own init.
     """
     if not cfg.checkpoint.init_from:
