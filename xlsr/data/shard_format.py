@@ -15,6 +15,7 @@ all read and write the index through it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ AUDIO_MEMBER_EXTENSION = {"flac": "flac", "int16": "s16"}
 AUDIO_FORMATS = tuple(AUDIO_MEMBER_EXTENSION)
 AUDIO_MEMBER_EXTENSIONS = tuple(AUDIO_MEMBER_EXTENSION.values())
 META_MEMBER_EXTENSION = "json"
+TEXT_MEMBER_EXTENSION = "txt"  # optional: the utterance's transcript (UTF-8), never needed to train
 # Fields of one entry of the index's "shards" list.
 SHARD_FIELDS = ("path", "corpus", "language", "samples", "seconds")
 # A missing-shards error lists this many paths, then the count.
@@ -56,6 +58,8 @@ class ShardInfo:
     language: str
     samples: int
     seconds: float
+    keys_digest: str | None = None  # see keys_digest()
+    lengths: tuple[tuple[float, int, float], ...] | None = None  # LengthHistogram: (upper, count, seconds)
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,34 @@ def _shard_info(entry: object, position: int, file: Path) -> ShardInfo:
         if not isinstance(value, str) or not value:
             raise ShardIndexError(f"{where}: '{field}' must be a non-empty string, got {value!r}")
     samples, seconds = _counts(entry["samples"], entry["seconds"], where)
+    digest = entry.get("keys_digest")
+    if digest is not None and not isinstance(digest, str):
+        raise ShardIndexError(f"{where}: 'keys_digest' must be a string, got {digest!r}")
     return ShardInfo(
-        _resolve_url(names["path"], file.parent), names["corpus"], names["language"], samples, seconds
+        _resolve_url(names["path"], file.parent),
+        names["corpus"],
+        names["language"],
+        samples,
+        seconds,
+        digest,
+        _lengths(entry.get("lengths"), where),
     )
+
+
+def _lengths(value: object, where: str) -> tuple[tuple[float, int, float], ...] | None:
+    if value is None:
+        return None
+    bins = []
+    for row in value if isinstance(value, list) else [None]:
+        numbers = row if isinstance(row, list) and len(row) == 3 else None
+        if numbers is None or not all(_is_number(v) for v in numbers):
+            raise ShardIndexError(f"{where}: 'lengths' must be a list of [upper seconds, count, seconds]")
+        bins.append((float(numbers[0]), int(numbers[1]), float(numbers[2])))
+    return tuple(bins)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _counts(samples: object, seconds: object, where: str) -> tuple[int, float]:
@@ -152,9 +181,85 @@ def _resolve_url(path: str, base: Path) -> str:
     return str(base / path)
 
 
-def shard_entry(path: str, corpus: str, language: str, samples: int, seconds: float) -> dict[str, Any]:
-    """One entry of the index's "shards" list (``path`` relative to the index)."""
-    return dict(zip(SHARD_FIELDS, (path, corpus, language, samples, seconds), strict=True))
+def shard_entry(
+    path: str,
+    corpus: str,
+    language: str,
+    samples: int,
+    seconds: float,
+    keys_digest: str | None = None,
+    lengths: list[list[float]] | None = None,
+) -> dict[str, Any]:
+    """One entry of the index's "shards" list (``path`` relative to the index). The optional fields:
+    ``keys_digest`` identifies the shard's utterances (``keys_digest()``), ``lengths`` is its
+    ``LengthHistogram``."""
+    entry = dict(zip(SHARD_FIELDS, (path, corpus, language, samples, seconds), strict=True))
+    if keys_digest is not None:
+        entry["keys_digest"] = keys_digest
+    if lengths is not None:
+        entry["lengths"] = lengths
+    return entry
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """What identifies a shard's utterances, whatever its path: 32 hex of SHA-256 over its sorted keys.
+    Two indexes listing a shard with the same digest list the same utterances."""
+    text = "\n".join(sorted(keys))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+class LengthHistogram:
+    """Utterance durations of a shard in bins (0.5 s up to 60 s, 10 s up to 10 min, then 1 min), each
+    with its count and its seconds: enough to count the seconds a model cropping every draw to C
+    seconds can see, Σ min(d, C), for any C (``visible_seconds``), exact up to one bin."""
+
+    def __init__(self) -> None:
+        self.bins: dict[float, list[float]] = {}  # upper edge -> [count, seconds]
+
+    def add(self, seconds: float) -> None:
+        upper = _bin_upper(seconds)
+        entry = self.bins.setdefault(upper, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def to_json(self) -> list[list[float]]:
+        return [[upper, int(count), round(total, 4)] for upper, (count, total) in sorted(self.bins.items())]
+
+
+def _bin_upper(seconds: float) -> float:
+    for limit, width in _BIN_WIDTHS:
+        if seconds <= limit:
+            return max(width, math.ceil(seconds / width) * width)
+    return math.ceil(seconds / 60.0) * 60.0
+
+
+def _bin_lower(upper: float) -> float:
+    width = next((width for limit, width in _BIN_WIDTHS if upper <= limit), 60.0)
+    return upper - width
+
+
+_BIN_WIDTHS = ((60.0, 0.5), (600.0, 10.0))
+
+
+def visible_seconds(shard: ShardInfo, crop_seconds: float) -> float:
+    """Seconds of the shard a model that crops every utterance to ``crop_seconds`` can see: each
+    utterance counts at most that. From the shard's length histogram; for a shard without one, every
+    utterance is taken to have the shard's mean length."""
+    if shard.samples == 0:
+        return 0.0
+    if shard.lengths is None:
+        return shard.samples * min(shard.seconds / shard.samples, crop_seconds)
+    if all(upper <= crop_seconds for upper, _, _ in shard.lengths):
+        return shard.seconds  # nothing is cropped: the exact stored seconds
+    total = 0.0
+    for upper, count, seconds in shard.lengths:
+        if upper <= crop_seconds:
+            total += seconds
+        elif _bin_lower(upper) >= crop_seconds:
+            total += count * crop_seconds
+        else:  # the crop falls inside this bin: exact when all its utterances lie on one side
+            total += min(seconds, count * crop_seconds)
+    return total
 
 
 def make_index(

@@ -19,7 +19,12 @@ import numpy as np
 import soundfile
 import webdataset
 
-from xlsr.data.shard_format import AUDIO_MEMBER_EXTENSION, AUDIO_MEMBER_EXTENSIONS, META_MEMBER_EXTENSION
+from xlsr.data.shard_format import (
+    AUDIO_MEMBER_EXTENSION,
+    AUDIO_MEMBER_EXTENSIONS,
+    META_MEMBER_EXTENSION,
+    TEXT_MEMBER_EXTENSION,
+)
 
 _INT16 = AUDIO_MEMBER_EXTENSION["int16"]
 
@@ -34,6 +39,7 @@ class RawSample:
     num_samples: int
     language: str
     corpus: str
+    text: str | None = None  # the transcript, where the shard has one (TEXT_MEMBER_EXTENSION)
 
 
 def iter_samples(
@@ -269,6 +275,9 @@ def _to_raw_sample(sample: dict) -> RawSample | None:
             num_samples=int(meta["num_samples"]),
             language=str(meta["language"]),
             corpus=str(meta["corpus"]),
+            text=sample[TEXT_MEMBER_EXTENSION].decode("utf-8", "replace")
+            if TEXT_MEMBER_EXTENSION in sample
+            else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
