@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharding.corpora import EVALUATION_SPLITS, Found, ImportOptions, LayoutError, read_corpus
 from sharding.hours import (
+    DEFAULT_CROP_SECONDS,
+    combined_index,
     format_hours_table,
     format_split_table,
     plot_hours,
     stream_hours,
 )
-from sharding.manifest import SourceRecord, load_records
+from sharding.languages import read_language_map
+from sharding.manifest import SourceRecord
+from sharding.segment import DEFAULT_MAX_SECONDS
 from sharding.split import VALID_DIR, split_records
 from sharding.writer import SKIPPED_NAME, ShardWriterConfig, read_skipped, with_durations, write_shards
 from xlsr.data.shard_format import INDEX_NAME, escape_path, read_index
@@ -41,12 +47,16 @@ class ShardJob:
 
     input: Path
     out_dir: Path
-    layout: str | None = None  # None: "manifest" for a file, "dir" for a directory
+    layout: str | None = None  # None: "manifest" for a file, else detected (sharding.corpora)
     corpus: str | None = None  # None: the layout's default name
+    include_splits: frozenset[str] = frozenset()  # evaluation splits imported anyway (dev, test, eval)
+    include_unvalidated: bool = False  # Common Voice: also other.tsv
+    language_map: Path | None = None  # tsv: corpus's language name -> tag (sharding.languages)
     workers: int = 1
     shard_size_bytes: int = 10**9
     audio_format: str = "flac"
-    max_seconds: float | None = None
+    # Cut longer recordings at pauses into segments of at most this (sharding.segment); None or 0: off.
+    max_seconds: float | None = DEFAULT_MAX_SECONDS
     min_seconds: float = 0.25
     drop_silent: bool = False
     seed: int = 0
@@ -61,6 +71,13 @@ class ShardJob:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "include_splits", frozenset(self.include_splits))
+        unknown = sorted(self.include_splits - set(EVALUATION_SPLITS))
+        if unknown:
+            raise ShardError(
+                f"--include-splits: unknown split(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(EVALUATION_SPLITS)}"
+            )
         if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
             raise ShardError(
                 f"task_index must lie in [0, num_tasks), got task {self.task_index} of {self.num_tasks}"
@@ -79,7 +96,7 @@ class ShardJob:
                 out_dir=self.out_dir,
                 shard_size_bytes=self.shard_size_bytes,
                 audio_format=self.audio_format,  # checked by the config
-                max_seconds=self.max_seconds,
+                max_seconds=self.max_seconds or None,
                 min_seconds=self.min_seconds,
                 drop_silent=self.drop_silent,
                 workers=self.workers,
@@ -88,8 +105,12 @@ class ShardJob:
         except ValueError as exc:
             raise ShardError(str(exc)) from None
 
-    def resolved_layout(self) -> str:
-        return self.layout or ("manifest" if self.input.is_file() else "dir")
+    def import_options(self) -> ImportOptions:
+        try:
+            language_map = read_language_map(self.language_map) if self.language_map else {}
+        except (OSError, ValueError) as exc:
+            raise ShardError(str(exc)) from None
+        return ImportOptions(self.corpus, self.include_splits, self.include_unvalidated, language_map)
 
     def split_root(self) -> Path:
         """What held-out recordings' paths are taken relative to: the input directory, or the
@@ -116,6 +137,7 @@ class ShardResult:
     job: ShardJob
     layout: str
     source_files: int
+    import_lines: tuple[str, ...] = ()  # what the layout found and left out (Found.summary_lines)
     index: dict[str, Any] | None = None
     task: TaskShare | None = None
     skipped: tuple[dict[str, str], ...] = ()  # rows of skipped.tsv (complete runs only)
@@ -130,7 +152,9 @@ class ShardResult:
         return self.job.out_dir / VALID_DIR / INDEX_NAME
 
     def sources_line(self) -> str:
-        return f"{self.source_files} source files from {escape_path(self.job.input)} (layout {self.layout})"
+        """What was read: the file count and layout, then one line per thing left out or mapped."""
+        first = f"{self.source_files} source files from {escape_path(self.job.input)} (layout {self.layout})"
+        return "\n".join([first, *self.import_lines])
 
     def summary(self) -> str:
         """The report `xlsr shard` prints: totals, hours table, skipped files; or the task's share."""
@@ -215,17 +239,14 @@ def check_output_dir(job: ShardJob) -> None:
         raise ShardError(f"{problem} is not writable")
 
 
-def load_job_records(job: ShardJob) -> list[SourceRecord]:
-    """The source files of the job's input, read with its layout; `ShardError` if there are none."""
+def load_job_records(job: ShardJob) -> Found:
+    """The source files of the job's input, read with its layout (or the detected one); `ShardError`
+    when there are none, saying what the layout expects and what was found."""
     check_input(job)
-    layout = job.resolved_layout()
     try:
-        records = load_records(job.input, layout, job.corpus)
-    except (OSError, ValueError) as exc:
+        return read_corpus(job.input, job.layout, job.import_options())
+    except (LayoutError, OSError, ValueError) as exc:
         raise ShardError(str(exc)) from None
-    if not records:
-        raise ShardError(f"no audio files found in {escape_path(job.input)} with --layout {layout}")
-    return records
 
 
 def shard(job: ShardJob) -> ShardResult:
@@ -233,8 +254,14 @@ def shard(job: ShardJob) -> ShardResult:
     the index and skipped.tsv. Resumable: a rerun skips finished shards."""
     check_input(job)
     check_output_dir(job)
-    records = load_job_records(job)
-    base = {"job": job, "layout": job.resolved_layout(), "source_files": len(records)}
+    found = load_job_records(job)
+    records = found.records
+    base = {
+        "job": job,
+        "layout": found.layout,
+        "source_files": len(records),
+        "import_lines": tuple(found.summary_lines()),
+    }
     valid = None
     if job.valid_seconds > 0:
         records, valid = held_out_split(records, job)
@@ -252,7 +279,21 @@ def shard(job: ShardJob) -> ShardResult:
         return ShardResult(**base, task=task)
     valid_index = read_index(job.out_dir / VALID_DIR).data if valid is not None else None
     skipped = tuple(read_skipped(job.out_dir))
+    _require_audio(written, valid_index, job)
     return ShardResult(**base, index=written, skipped=skipped, valid_index=valid_index)
+
+
+def _require_audio(index: dict[str, Any], valid_index: dict[str, Any] | None, job: ShardJob) -> None:
+    """A set in which every file was skipped is an error naming the skipped list, not a success."""
+    samples = index["totals"]["samples"] + (valid_index["totals"]["samples"] if valid_index else 0)
+    if samples:
+        return
+    skipped = index["skipped"]
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in skipped["by_reason"].items())
+    raise ShardError(
+        f"no usable audio: all {skipped['count']} source files were skipped ({reasons}); "
+        f"see {escape_path(job.out_dir / SKIPPED_NAME)}"
+    )
 
 
 def held_out_split(
@@ -271,50 +312,74 @@ def held_out_split(
 
 @dataclass(frozen=True)
 class StatsResult:
-    """Hours and upsampling shares of a shard index, and the plot written (if any)."""
+    """Hours and upsampling shares of one or more shard indexes (one mixture), and the plot written."""
 
-    index_path: Path
-    index: dict[str, Any]
-    hours: dict[tuple[str, str], float]  # (corpus, language) -> hours of audio
+    index_path: Path  # the first index
+    index: dict[str, Any]  # the first index's object; `combined_index` of all of them for several
+    hours: dict[tuple[str, str], float]  # (corpus, language) -> hours the model can see
     probabilities: dict[tuple[str, str], float] = field(default_factory=dict)  # empty without audio
     table: str = ""
     plot: Path | None = None
-    valid_index_path: Path | None = None  # the held-out set next to the index (OUT/valid/index.json)
+    valid_index_path: Path | None = None  # a held-out set next to an index (OUT/valid/index.json)
     valid_index: dict[str, Any] | None = None
-    split_table: str = ""  # training against held-out audio per stream, when there is a held-out set
+    split_table: str = ""  # training against held-out audio per stream, for each held-out set
+    index_paths: tuple[Path, ...] = ()  # every index read
 
 
 def stats(
-    index_path: str | os.PathLike,
+    index_path: str | os.PathLike | Sequence[str | os.PathLike],
     language_alpha: float = 0.5,
     corpus_alpha: float = 0.5,
     plot: str | os.PathLike | None = None,
+    crop_seconds: float = DEFAULT_CROP_SECONDS,
 ) -> StatsResult:
-    """Hours per stream before and after upsampling; with `plot`, also a bar chart written there
-    (nothing is plotted for an index without shards). A held-out set next to the index
-    (`OUT/valid/index.json`, `xlsr shard --valid-seconds`) is read too, and compared per stream."""
-    index = read_index(index_path)
-    valid_path = index.path.parent / VALID_DIR / INDEX_NAME
-    valid = read_index(valid_path) if valid_path.is_file() else None
-    hours = stream_hours(index.data)
+    """Hours per stream before and after upsampling, for one index or the mixture of several; with
+    `plot`, also a bar chart written there (nothing is plotted without shards). A held-out set next to
+    an index (`OUT/valid/index.json`, `xlsr shard --valid-seconds`) is read too, and compared per
+    stream. Hours count what a model cropping every utterance to `crop_seconds` can see."""
+    paths = [index_path] if isinstance(index_path, str | os.PathLike) else list(index_path)
+    if not paths:
+        raise ShardError("give at least one index")
+    indexes = [read_index(path) for path in paths]
+    data = indexes[0].data if len(indexes) == 1 else combined_index([i.data for i in indexes])
+    if not math.isfinite(crop_seconds) or crop_seconds <= 0:
+        raise ShardError(f"the crop must be a positive number of seconds, got {crop_seconds}")
+    hours = stream_hours(data, crop_seconds)
     try:
-        table = format_hours_table(index.data, language_alpha, corpus_alpha)
+        table = format_hours_table(data, language_alpha, corpus_alpha, crop_seconds)
         has_audio = sum(hours.values()) > 0
         probabilities = upsampling_probabilities(hours, language_alpha, corpus_alpha) if has_audio else {}
     except ValueError as exc:
         raise ShardError(str(exc)) from None
     written = None
-    if plot is not None and index.shards:
+    if plot is not None and data["shards"]:
         try:
-            written = plot_hours(index.data, plot, language_alpha, corpus_alpha)
+            written = plot_hours(data, plot, language_alpha, corpus_alpha, crop_seconds)
         except OSError as exc:  # name the plot, not the temporary file next to it
             raise ShardError(f"cannot write the plot {escape_path(plot)}: {_os_reason(exc, plot)}") from None
-    if valid is None:
-        return StatsResult(index.path, index.data, hours, probabilities, table, written)
-    split_table = format_split_table(index.data, valid.data)
-    return StatsResult(
-        index.path, index.data, hours, probabilities, table, written, valid.path, valid.data, split_table
+    held_out = [(index, read_index(v)) for index in indexes if (v := _valid_path(index.path)).is_file()]
+    split_table = "\n\n".join(
+        (f"{escape_path(index.path)}:\n" if len(indexes) > 1 else "")
+        + format_split_table(index.data, valid.data)
+        for index, valid in held_out
     )
+    first_valid = held_out[0][1] if held_out else None
+    return StatsResult(
+        indexes[0].path,
+        data,
+        hours,
+        probabilities,
+        table,
+        written,
+        first_valid.path if first_valid else None,
+        first_valid.data if first_valid else None,
+        split_table,
+        tuple(index.path for index in indexes),
+    )
+
+
+def _valid_path(index_path: Path) -> Path:
+    return index_path.parent / VALID_DIR / INDEX_NAME
 
 
 def _os_reason(exc: OSError, path: str | os.PathLike) -> str:

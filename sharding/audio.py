@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-REASONS = ("unreadable", "empty", "nan", "too_short", "silent")
+REASONS = ("not_found", "unreadable", "empty", "nan", "too_short", "silent")
 # Below this peak amplitude (about -80 dBFS) a file holds no usable signal.
 SILENCE_PEAK = 1e-4
 
@@ -44,6 +44,8 @@ def decode_file(
 ) -> DecodedAudio:
     """Read, downmix, resample and validate `path`; raise `AudioError` for unusable audio."""
     name = os_path(path)
+    if not os.path.lexists(name):  # a listed file that is not there: say so, not libsndfile's "System error"
+        raise AudioError("not_found", f"{path}: file not found")
     try:
         data, source_sr = sf.read(name, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types for broken or unsupported files

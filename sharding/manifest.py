@@ -1,14 +1,13 @@
-"""Find the audio files of a raw corpus and describe each one as a `SourceRecord`.
+"""`SourceRecord`, what the shard writer knows about one source file, and the manifest layout.
 
-Every input layout (a plain directory tree, a TSV/JSONL manifest, or the download layout of a public
-corpus) is turned into the same flat list of records, so the shard writer needs to know nothing about
-where the files came from. Importers only look at paths and text files; audio is decoded later, in the
-writer, where a bad file is skipped and reported instead of stopping the run.
+Every input layout (a TSV/JSONL manifest here, the directory layouts in `sharding.corpora`) is turned
+into the same flat list of records, so the shard writer needs to know nothing about where the files
+came from. Importers only look at paths and text files; audio is decoded later, in the writer, where a
+bad file is skipped and reported instead of stopping the run.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -17,13 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sharding.languages import LanguageNames
 from xlsr.data.shard_format import escape_path
-
-# Suffixes (lower case) of the source audio files that the directory scan and importers pick up.
-# libsndfile >= 1.0.29 decodes Ogg Opus, and the soundfile wheels ship 1.2.x, so MLS's opus release
-# is imported too.
-SOURCE_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
-LAYOUTS = ("dir", "manifest", "commonvoice", "mls", "voxpopuli")
 
 # Corpus and language names become directory names and parts of WebDataset keys, where a '.' would
 # split the key (WebDataset cuts keys at the first dot) and a '/' would add a directory level.
@@ -34,11 +28,21 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 class SourceRecord:
     """One source audio file and what we know about it before decoding it."""
 
-    path: str
-    language: str
+    path: str  # where the file is now (absolute, or relative to the working directory)
+    language: str  # canonical tag (sharding.languages)
     corpus: str
     speaker: str | None = None
     duration: float | None = None
+    # The file's path relative to the corpus root, '/'-separated: sample keys and the held-out split
+    # depend on it, never on where the corpus is mounted. None: `path` itself.
+    rel_path: str | None = None
+    source_language: str | None = None  # the corpus's own name for the language, when it differs
+    text: str | None = None  # the transcript, when the corpus has one
+
+    @property
+    def name(self) -> str:
+        """The mount-independent name of the file (see `rel_path`)."""
+        return self.rel_path if self.rel_path is not None else self.path
 
 
 def check_name(value: str, what: str, where: str = "") -> str:
@@ -52,43 +56,28 @@ def check_name(value: str, what: str, where: str = "") -> str:
     return value
 
 
-def is_audio_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in SOURCE_AUDIO_SUFFIXES
-
-
-def _sorted_audio_files(root: Path, pattern: str = "**/*") -> list[Path]:
-    return sorted(p for p in root.glob(pattern) if is_audio_file(p))
-
-
-def _language_dirs(root: Path) -> list[Path]:
-    """Sub-directories of `root`, sorted, ignoring hidden ones such as `.cache`."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _require_dir(root: str | os.PathLike) -> Path:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"input directory not found: {root}")
-    return root
-
-
 # --------------------------------------------------------------------------------------------------
 # Manifests
 
 
-def read_manifest(path: str | os.PathLike, default_corpus: str = "corpus") -> list[SourceRecord]:
+def read_manifest(
+    path: str | os.PathLike, default_corpus: str = "corpus", names: LanguageNames | None = None
+) -> list[SourceRecord]:
     """Read a TSV (with a header row) or JSONL manifest.
 
-    Fields: `path` and `language` are required; `corpus`, `speaker` and `duration` (seconds) are
-    optional. Relative paths are resolved against the manifest's directory, so a manifest can be moved
-    together with its audio. A file whose first non-blank character is '{' is read as JSONL.
+    Fields: `path` and `language` are required; `corpus`, `speaker`, `duration` (seconds) and `text`
+    (a transcript) are optional. Relative paths are resolved against the manifest's directory, so a
+    manifest can be moved together with its audio, and that relative path names the file in sample
+    keys. Languages are mapped to canonical tags by `names` (`sharding.languages`). A file whose first
+    non-blank character is '{' is read as JSONL.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     text = _read_utf8(path)
     rows = _jsonl_rows(path, text) if text.lstrip().startswith("{") else _tsv_rows(path, text)
-    return [_record_from_row(path, line_no, row, default_corpus) for line_no, row in rows]
+    names = names if names is not None else LanguageNames()
+    return [_record_from_row(path, line_no, row, default_corpus, names) for line_no, row in rows]
 
 
 def _read_utf8(path: Path) -> str:
@@ -132,7 +121,9 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, object]]
         yield line_no, row
 
 
-def _record_from_row(path: Path, line_no: int, row: dict, default_corpus: str) -> SourceRecord:
+def _record_from_row(
+    path: Path, line_no: int, row: dict, default_corpus: str, names: LanguageNames
+) -> SourceRecord:
     where = f"{path}:{line_no}"
 
     def text_field(name: str) -> str | None:
@@ -149,12 +140,21 @@ def _record_from_row(path: Path, line_no: int, row: dict, default_corpus: str) -
         if value is None:
             raise ValueError(f"{where}: missing required field '{name}'")
     corpus = text_field("corpus") or default_corpus
+    check_name(language, "language", where)
+    full_path = os.path.normpath(path.parent / audio_path)
+    tag = names.canonical(language)
     return SourceRecord(
-        path=os.path.normpath(path.parent / audio_path),
-        language=check_name(language, "language", where),
+        path=full_path,
+        language=check_name(tag, "language", where),
         corpus=check_name(corpus, "corpus", where),
         speaker=text_field("speaker"),
         duration=_parse_duration(row.get("duration"), where),
+        # A relative path names the file wherever corpus and manifest are mounted; an absolute one cannot.
+        rel_path=None
+        if os.path.isabs(audio_path)
+        else Path(os.path.relpath(full_path, path.parent)).as_posix(),
+        source_language=language if tag != language else None,
+        text=text_field("text"),
     )
 
 
@@ -168,139 +168,3 @@ def _parse_duration(value: object, where: str) -> float | None:
     if not math.isfinite(duration) or duration < 0:
         raise ValueError(f"{where}: field 'duration' must be a finite number >= 0, got {value!r}")
     return duration
-
-
-# --------------------------------------------------------------------------------------------------
-# Directory layouts
-
-
-def scan_directory(root: str | os.PathLike, corpus: str) -> list[SourceRecord]:
-    """Layout `ROOT/<language>/**/*.{wav,flac,mp3,ogg,opus}`: the first directory level is the language."""
-    root = _require_dir(root)
-    check_name(corpus, "corpus")
-    records = []
-    for lang_dir in _language_dirs(root):
-        language = check_name(lang_dir.name, "language", str(lang_dir))
-        records += [SourceRecord(str(p), language, corpus) for p in _sorted_audio_files(lang_dir)]
-    return records
-
-
-def import_common_voice(root: str | os.PathLike, corpus: str = "commonvoice") -> list[SourceRecord]:
-    """Common Voice: `ROOT/<lang>/validated.tsv` (`client_id path sentence ...`) and `ROOT/<lang>/clips/`.
-
-    ROOT may also be one language directory (it holds `validated.tsv` itself). Only validated clips are
-    used. `client_id` becomes the speaker; `clip_durations.tsv` (newer releases, milliseconds) supplies
-    durations when present, which saves opening every mp3 while planning shards.
-    """
-    root = _require_dir(root)
-    check_name(corpus, "corpus")
-    lang_dirs = [root] if (root / "validated.tsv").is_file() else _language_dirs(root)
-    records = []
-    for lang_dir in lang_dirs:
-        table = lang_dir / "validated.tsv"
-        if not table.is_file():
-            continue
-        language = check_name(lang_dir.name, "language", str(lang_dir))
-        durations = _common_voice_durations(lang_dir / "clip_durations.tsv")
-        for line_no, row in _read_tsv_dicts(table, required=("path",)):
-            clip = row["path"].strip()
-            if not clip:
-                raise ValueError(f"{table}:{line_no}: empty 'path' field")
-            records.append(
-                SourceRecord(
-                    path=str(lang_dir / "clips" / clip),
-                    language=language,
-                    corpus=corpus,
-                    speaker=(row.get("client_id") or "").strip() or None,
-                    duration=durations.get(clip),
-                )
-            )
-    return records
-
-
-def _common_voice_durations(table: Path) -> dict[str, float]:
-    if not table.is_file():
-        return {}
-    durations = {}
-    for _, row in _read_tsv_dicts(table, required=("clip", "duration[ms]")):
-        try:
-            durations[row["clip"]] = float(row["duration[ms]"]) / 1000.0
-        except ValueError:
-            continue  # a bad duration only costs a header read later
-    return durations
-
-
-def _read_tsv_dicts(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of a header-first TSV. Quotes are data (Common Voice sentences contain them)."""
-    line_no = 1
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            missing = [name for name in required if name not in header]
-            if missing:
-                raise ValueError(f"{path}:1: header has no column(s) {', '.join(missing)}")
-            for line_no, values in enumerate(reader, start=2):
-                if values:
-                    # Short rows happen in Common Voice (empty trailing fields): missing fields are absent.
-                    yield line_no, dict(zip(header, values, strict=False))
-        except UnicodeDecodeError:  # line_no: the last row read whole, so the bad byte is just after it
-            raise ValueError(f"{path}: not UTF-8 text (after line {line_no})") from None
-
-
-def import_mls(root: str | os.PathLike, corpus: str = "mls") -> list[SourceRecord]:
-    """Multilingual LibriSpeech: `ROOT/mls_<language>/{train,dev,test}/audio/<speaker>/<book>/*.flac`.
-
-    The language is the directory name without `mls_` (e.g. `german`). The opus release (`*.opus`) is
-    imported as well: libsndfile decodes Ogg Opus; where it cannot, the files are skipped as unreadable.
-    ROOT may also be one `mls_<language>` directory.
-    """
-    root = _require_dir(root)
-    check_name(corpus, "corpus")
-    lang_dirs = (
-        [root]
-        if root.name.startswith("mls_")
-        else [d for d in _language_dirs(root) if d.name.startswith("mls_")]
-    )
-    records = []
-    for lang_dir in lang_dirs:
-        language = check_name(lang_dir.name.removeprefix("mls_"), "language", str(lang_dir))
-        for split in ("train", "dev", "test"):
-            for path in _sorted_audio_files(lang_dir / split / "audio", "*/*/*"):
-                speaker = path.parent.parent.name
-                records.append(SourceRecord(str(path), language, corpus, speaker=speaker))
-    return records
-
-
-def import_voxpopuli(root: str | os.PathLike, corpus: str = "voxpopuli") -> list[SourceRecord]:
-    """VoxPopuli unlabelled audio as downloaded: `ROOT/<lang>/<year>/*.ogg`, one file per session.
-
-    Sessions are long (often tens of minutes), so shard them with `--max-seconds` to cut each one into
-    consecutive segments. Pre-segmented VoxPopuli data in the same layout works unchanged.
-    """
-    root = _require_dir(root)
-    check_name(corpus, "corpus")
-    records = []
-    for lang_dir in _language_dirs(root):
-        language = check_name(lang_dir.name, "language", str(lang_dir))
-        records += [SourceRecord(str(p), language, corpus) for p in _sorted_audio_files(lang_dir, "*/*")]
-    return records
-
-
-def load_records(
-    input: str | os.PathLike,
-    layout: str,
-    corpus: str | None = None,
-) -> list[SourceRecord]:
-    """Records from INPUT read with the given layout; `corpus=None` uses the layout's default name."""
-    if layout == "dir":
-        return scan_directory(input, corpus or "corpus")
-    if layout == "manifest":
-        return read_manifest(input, default_corpus=corpus or "corpus")
-    importers = {"commonvoice": import_common_voice, "mls": import_mls, "voxpopuli": import_voxpopuli}
-    if layout not in importers:
-        raise ValueError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
-    importer = importers[layout]
-    return importer(input, corpus) if corpus else importer(input)

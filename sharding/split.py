@@ -57,9 +57,12 @@ class StreamSplit:
 
 
 def group_name(record: SourceRecord, root: str | os.PathLike) -> str:
-    """`speaker:<id>` when the speaker is known, else `recording:<path relative to root>`."""
+    """`speaker:<id>` when the speaker is known, else `recording:<path relative to the corpus root>`
+    (`SourceRecord.rel_path`, or the path relative to `root` for a record without one)."""
     if record.speaker:
         return f"speaker:{record.speaker}"
+    if record.rel_path is not None:
+        return "recording:" + record.rel_path
     return "recording:" + Path(os.path.relpath(record.path, root)).as_posix()
 
 
@@ -98,7 +101,7 @@ def split_records(
         group_of, seconds = _groups(stream, root)
         held = held_out_groups(seconds, valid_seconds)
         for record in stream:
-            (valid if group_of[record.path] in held else train).append(record)
+            (valid if group_of[record.name] in held else train).append(record)
         held_seconds = sum(seconds[name] for name in held)
         report.append(
             StreamSplit(corpus, language, len(seconds), len(held), sum(seconds.values()), held_seconds)
@@ -111,10 +114,10 @@ def _groups(stream: list[SourceRecord], root: str | os.PathLike) -> tuple[dict[s
     listed twice belongs to the group of the listing the writer keeps."""
     group_of: dict[str, str] = {}
     seconds: dict[str, float] = defaultdict(float)
-    for record in sorted(stream, key=lambda r: (r.path, r.speaker or "", r.duration or 0.0)):
-        if record.path in group_of:
+    for record in sorted(stream, key=lambda r: (r.name, r.speaker or "", r.duration or 0.0)):
+        if record.name in group_of:
             continue
         name = group_name(record, root)
-        group_of[record.path] = name
+        group_of[record.name] = name
         seconds[name] += max(record.duration or 0.0, 0.0)
     return group_of, dict(seconds)

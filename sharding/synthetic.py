@@ -208,13 +208,16 @@ def _fricative(out, start, length, inventory, sample_rate, rng) -> None:
 # The corpus
 
 
-def _speakers(language: str, rng: np.random.Generator) -> list[Speaker]:
+def _speakers(language: str, rng: np.random.Generator, seed: int = 0) -> list[Speaker]:
+    """The language's speakers; another seed's draw has other speakers, under other names (file
+    names make sample keys, so two draws of the corpus never share a key)."""
+    prefix = language if seed == 0 else f"{language}-s{seed}-"
     speakers = []
     for k in range(SPEAKERS_PER_LANGUAGE):
         low = rng.random() < 0.5
         f0 = rng.uniform(90, 140) if low else rng.uniform(170, 250)
         scale = rng.uniform(0.88, 0.98) if low else rng.uniform(1.02, 1.15)
-        speakers.append(Speaker(f"{language}{k:02d}", float(f0), float(scale)))
+        speakers.append(Speaker(f"{prefix}{k:02d}", float(f0), float(scale)))
     return speakers
 
 
@@ -224,7 +227,7 @@ def _write_language(
     """Utterances until `seconds` of audio; rates and formats cycle so every combination occurs."""
     rng = np.random.default_rng([seed, zlib.crc32(language.encode())])
     inventory = phoneme_inventory(language)
-    speakers = _speakers(language, rng)
+    speakers = _speakers(language, rng, seed)
     total, i = 0.0, 0
     while total < seconds or i == 0:
         speaker = speakers[i % len(speakers)]
@@ -247,7 +250,8 @@ def _write_special_files(root: Path, seed: int) -> None:
     right = 0.6 * np.roll(mono, 44) + rng.normal(0, 1e-3, len(mono)).astype(np.float32)
     stereo_dir = root / "de" / "stereo"
     stereo_dir.mkdir(parents=True, exist_ok=True)
-    sf.write(stereo_dir / "stereo_0000.wav", np.stack([mono, right], axis=1), 44100, subtype="PCM_16")
+    stereo_name = "stereo_0000.wav" if seed == 0 else f"stereo_s{seed}_0000.wav"  # see _speakers
+    sf.write(stereo_dir / stereo_name, np.stack([mono, right], axis=1), 44100, subtype="PCM_16")
     short = synthesize_utterance(phoneme_inventory("sw"), _speakers("sw", rng)[0], 0.1, 16000, rng)
     (root / "sw" / "short").mkdir(parents=True, exist_ok=True)
     sf.write(root / "sw" / "short" / "short_0000.wav", short, 16000, subtype="PCM_16")

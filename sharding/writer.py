@@ -56,7 +56,9 @@ from xlsr.data.shard_format import (
     AUDIO_FORMATS,
     INDEX_NAME,
     INDEX_VERSION,
+    LengthHistogram,
     escape_path,
+    keys_digest,
     make_index,
     shard_entry,
     write_index,
@@ -137,7 +139,7 @@ class PlannedShard:
         content = {
             "shard": self.rel_path,
             "settings": cfg.output_settings(),
-            "sources": [[i.record.path, i.record.speaker, i.duplicate] for i in self.items],
+            "sources": [[i.record.name, i.record.speaker, i.duplicate, i.record.text] for i in self.items],
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -167,9 +169,9 @@ def plan_shards(
 
 def _order_stream(records: list[SourceRecord], seed: int, stream: str) -> list[PlannedItem]:
     """Sort (so input order does not matter), flag repeated paths, then shuffle reproducibly."""
-    ordered = sorted(records, key=lambda r: (r.path, r.speaker or "", r.duration or 0.0))
+    ordered = sorted(records, key=lambda r: (r.name, r.speaker or "", r.duration or 0.0))
     items = [
-        PlannedItem(record, duplicate=i > 0 and record.path == ordered[i - 1].path)
+        PlannedItem(record, duplicate=i > 0 and record.name == ordered[i - 1].name)
         for i, record in enumerate(ordered)
     ]
     # Seeding `random.Random` with a str hashes it with SHA-512: stable across processes and runs.
@@ -263,6 +265,7 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
     paths = _ShardPaths.of(cfg.out_dir, shard.rel_path)
     make_dirs(paths.tar.parent)
     samples, audio_samples, skipped = 0, 0, []
+    keys, lengths = [], LengthHistogram()
     # A fresh file, not one a killed task left behind: it gets this run's umask, not that file's mode.
     paths.tmp.unlink(missing_ok=True)
     with paths.tmp.open("xb") as handle:
@@ -281,6 +284,8 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
                 tar.write(sample)
                 samples += 1
                 audio_samples += length
+                keys.append(sample["__key__"])
+                lengths.add(length / cfg.sample_rate)
         tar.close()
         handle.flush()
         os.fsync(handle.fileno())
@@ -295,6 +300,8 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
         "audio_format": cfg.audio_format,
         "fingerprint": shard.fingerprint(cfg),
         "skipped": skipped,
+        "keys_digest": keys_digest(keys),
+        "lengths": lengths.to_json(),
     }
     atomic_write_text(paths.sidecar, json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
     if samples:
@@ -457,7 +464,15 @@ def _publish_index(
         key=lambda row: (row["path"], row["corpus"], row["language"]),
     )
     entries = [
-        shard_entry(s["path"].removeprefix(prefix), s["corpus"], s["language"], s["samples"], _seconds(s))
+        shard_entry(
+            s["path"].removeprefix(prefix),
+            s["corpus"],
+            s["language"],
+            s["samples"],
+            _seconds(s),
+            keys_digest=s.get("keys_digest"),
+            lengths=s.get("lengths"),
+        )
         for s in shards
     ]
     index = make_index(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sharding.corpora import ImportOptions, read_corpus
+from sharding.manifest import SourceRecord
 from sharding.writer import ShardWriterConfig
 from xlsr.config import DataConfig
 
@@ -17,6 +19,11 @@ SKEWED_CORPORA = {"voxpopuli": 23, "mls": 8, "commonvoice": 40, "voxlingua107": 
 
 def shard_config(out_dir: Path, **overrides) -> ShardWriterConfig:
     return ShardWriterConfig(out_dir=out_dir, **{"shard_size_bytes": 400_000, **overrides})
+
+
+def dir_records(root: Path, corpus: str) -> list[SourceRecord]:
+    """The records of `root` read with the `dir` layout (ROOT/<language>/...)."""
+    return read_corpus(root, "dir", ImportOptions(corpus=corpus)).records
 
 
 def tars_of(out: Path) -> list[Path]:

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from shard_helpers import read_samples, shard_config, sine
+from shard_helpers import dir_records, read_samples, shard_config, sine
 
-from sharding.manifest import (
-    SourceRecord,
-    scan_directory,
-)
+from sharding.manifest import SourceRecord
 from sharding.samples import sample_key
 from sharding.writer import build_index, read_skipped, write_shards
 from xlsr.data.shard_format import (
@@ -124,7 +121,9 @@ def odd_names(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     ]
     out = root / "out"
     result = run_xlsr("shard", root / "in", out, "--no-progress", "--shard-size", "1MB")
-    return {"out": out, "good": good, "bad": bad, "result": result}
+    # Keys and the `source` field name a file by its path relative to the corpus root.
+    relative = {os.fsencode(os.path.relpath(os.fsdecode(name), root / "in")): name for name in good}
+    return {"out": out, "good": good, "bad": bad, "result": result, "relative": relative}
 
 
 def test_non_utf8_file_names_are_kept_and_reported(odd_names: dict):
@@ -146,12 +145,15 @@ def test_non_utf8_file_names_are_kept_and_reported(odd_names: dict):
     # Kept files: ASCII keys, distinct although the two names differ only in their encoding.
     samples = read_samples(out)
     sources = {unescape_path(json.loads(s["json"])["source"]): s["__key__"] for s in samples}
-    assert set(sources) == set(odd_names["good"])
+    assert set(sources) == set(odd_names["relative"])
     assert (
         all(key.isascii() and "." not in key for key in sources.values()) and len(set(sources.values())) == 2
     )
     for name, key in sources.items():
-        assert key == sample_key(SourceRecord(os.fsdecode(name), "en", "corpus"), 0)
+        record = SourceRecord(
+            os.fsdecode(odd_names["relative"][name]), "en", "corpus", rel_path=os.fsdecode(name)
+        )
+        assert key == sample_key(record, 0)
 
 
 def test_non_utf8_named_audio_is_trainable(odd_names: dict):
@@ -160,7 +162,10 @@ def test_non_utf8_named_audio_is_trainable(odd_names: dict):
     from xlsr.data.loader import DataStream
 
     out, good = odd_names["out"], odd_names["good"]
-    keys = {sample_key(SourceRecord(os.fsdecode(name), "en", "corpus"), 0): name for name in good}
+    keys = {
+        sample_key(SourceRecord(os.fsdecode(path), "en", "corpus", rel_path=os.fsdecode(rel)), 0): path
+        for rel, path in odd_names["relative"].items()
+    }
     cfg = DataConfig(
         train=[str(out / "index.json")],
         max_tokens=24_000,
@@ -247,7 +252,7 @@ def test_shards_and_index_are_fsynced_around_their_renames(tmp_path: Path, monke
     (tmp_path / "in" / "en").mkdir(parents=True)
     sf.write(tmp_path / "in" / "en" / "a.wav", sine(220, 16000, 1.0), 16000)
     out = tmp_path / "out"
-    write_shards(scan_directory(tmp_path / "in", "c"), shard_config(out), progress=False)
+    write_shards(dir_records(tmp_path / "in", "c"), shard_config(out), progress=False)
     renames = {event[2]: (i, event[1]) for i, event in enumerate(events) if event[0] == "rename"}
     published = ["c/en/shard-000000.tar", "c/en/shard-000000.json", "index.json", "skipped.tsv", "plan.json"]
     for path in (str(out / name) for name in published):
