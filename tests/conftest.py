@@ -27,6 +27,16 @@ def demo_index(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_valid_index(tmp_path_factory) -> Path:
+    """Held-out audio: another draw of the demo corpus (other speakers' seeds, same six languages).
+    Training on `demo_index` and validating on the same index is refused (data.train overlaps
+    data.valid), as it would be for a user."""
+    root = tmp_path_factory.mktemp("valid")
+    corpus = generate_demo_corpus(root / "corpus", seed=5, scale=0.15)
+    return shard(ShardJob(corpus, root / "shards", corpus="demo", workers=2, progress=False)).index_path
+
+
+@pytest.fixture(scope="session")
 def skewed_index(tmp_path_factory) -> Path:
     """index.json of an XLS-R-shaped shard set (sharding.layouts.write_skewed_shard_set)."""
     return write_skewed_shard_set(tmp_path_factory.mktemp("skewed_data"), skewed_layout(SKEWED_CORPORA))

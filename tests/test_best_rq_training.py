@@ -77,10 +77,10 @@ def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):
     assert trajectory(tmp_path / "split") == trajectory(tmp_path / "whole")
 
 
-def test_it_learns_validates_keeps_the_best_and_plots(demo_index, tmp_path):
+def test_it_learns_validates_keeps_the_best_and_plots(demo_index, demo_valid_index, tmp_path):
     run_dir = tmp_path / "run"
     args = train_args(demo_index, run_dir, "optim.max_update=150", "validation.interval_updates=75",
-                      f"data.valid=[{demo_index}]", "logging.interval=25")[2:]  # fmt: skip
+                      f"data.valid=[{demo_valid_index}]", "logging.interval=25")[2:]  # fmt: skip
     result = xlsr("launch", "local", "--nproc", "2", "--config", "configs/tiny_best_rq.yaml", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     chance = math.log2(512)

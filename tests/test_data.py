@@ -76,14 +76,15 @@ def test_batches_respect_max_tokens_and_lengths(demo_index):
 
 
 def test_empirical_audio_shares_follow_upsampling(demo_index):
-    """A long stream draws audio from each language in the upsampled proportions (hours, not clips)."""
+    """A long stream draws audio from each language in the upsampled proportions (hours, not clips),
+    counted as the model sees it: each draw at most data.max_sample_size."""
     cfg = data_config(demo_index, min_sample_size=0)
     specs, _, hour_probs = build_stream_specs(cfg)
     pipeline = SlotPipeline(specs, cfg, slot=0, num_slots=1, seed=3)
     seconds = Counter()
     for _ in range(6000):
         _, sample = pipeline.mixer()
-        seconds[(sample.corpus, sample.language)] += sample.num_samples / 16_000
+        seconds[(sample.corpus, sample.language)] += min(sample.num_samples, cfg.max_sample_size) / 16_000
     total = sum(seconds.values())
     for key, p in hour_probs.items():
         assert seconds[key] / total == pytest.approx(p, abs=0.02), key

@@ -327,7 +327,7 @@ def test_telemetry_counts_what_the_slots_drew(skewed_index, tmp_path, capsys):
     batches = [next(stream) for _ in range(40)]
     totals = stream.telemetry()
     stream.close()
-    assert totals.shape == (len(stream.specs), 3) and totals.dtype.is_floating_point
+    assert totals.shape == (len(stream.specs), 4) and totals.dtype.is_floating_point
     # Every batched utterance was drawn; drawn but still buffered ones are counted too.
     batched = sum(len(b.keys) for b in batches)
     assert batched <= totals[:, 0].sum() <= batched + 2 * (cfg.shuffle_buffer + cfg.bucket_buffer) + 2
@@ -335,8 +335,10 @@ def test_telemetry_counts_what_the_slots_drew(skewed_index, tmp_path, capsys):
     assert [f"{r['corpus']}/{r['language']}" for r in rows] == [s.name for s in stream.specs]
     assert sum(r["realised_share"] for r in rows) == pytest.approx(1.0)
     assert sum(r["target_share"] for r in rows) == pytest.approx(1.0)
-    for row, spec, (utterances, samples, too_short) in zip(rows, stream.specs, totals.tolist(), strict=True):
+    for row, spec, counts in zip(rows, stream.specs, totals.tolist(), strict=True):
+        utterances, samples, too_short, stored = counts
         assert row["utterances"] == utterances and row["hours_drawn"] == pytest.approx(samples / 16000 / 3600)
+        assert row["stored_hours_drawn"] == pytest.approx(stored / 16000 / 3600) and stored >= samples
         assert row["passes"] == pytest.approx((utterances + too_short) / spec.utterances)
     # `xlsr stats --run` (and `xlsr stats RUN_DIR`) prints the same table from summary.json.
     from sharding.cli import main
@@ -355,7 +357,10 @@ def test_telemetry_counts_what_the_slots_drew(skewed_index, tmp_path, capsys):
             "realised",
             "%",
             "x",
-            "hours",
+            "seen",
+            "h",
+            "stored",
+            "h",
             "utterances",
             "passes",
         ]

@@ -11,8 +11,6 @@ import torch
 from run_helpers import metrics, train_args, xlsr
 from small_models import fairseq_model_cfg, small_config, to_fairseq_state
 
-from sharding import ShardJob, shard
-from sharding.synthetic import generate_demo_corpus
 from xlsr.evaluation.probe import lid_probe, split_by_key
 from xlsr.model.wav2vec2 import Wav2Vec2Model
 
@@ -20,11 +18,8 @@ VALID_KEYS = ("valid_loss_contrastive", "valid_accuracy", "valid_code_perplexity
 
 
 @pytest.fixture(scope="module")
-def valid_index(tmp_path_factory) -> Path:
-    """Held-out audio: another draw of the demo corpus (other speakers' seeds, same six languages)."""
-    root = tmp_path_factory.mktemp("valid")
-    corpus = generate_demo_corpus(root / "corpus", seed=5, scale=0.15)
-    return shard(ShardJob(corpus, root / "shards", corpus="demo", workers=2, progress=False)).index_path
+def valid_index(demo_valid_index) -> Path:
+    return demo_valid_index
 
 
 def valid_lines(run_dir: Path, timings: bool = True) -> list[dict]:

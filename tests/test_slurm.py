@@ -32,6 +32,13 @@ pytest_plugins = ["slurm_fixtures"]  # the session's cluster: fixtures `slurm`, 
 
 
 @pytest.fixture
+def data_train(skewed_index) -> str:
+    """A training set for launches that must get past the data checks (`xlsr launch slurm` refuses an
+    empty data.train before submitting)."""
+    return f"data.train=[{skewed_index}]"
+
+
+@pytest.fixture
 def no_slurm(monkeypatch):
     """No reachable controller: sinfo fails, so partitions cannot be checked."""
     monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")
@@ -94,7 +101,7 @@ def test_job_with_a_config_that_does_not_load_fails_in_one_line(tmp_path, caplog
     assert record.exc_info is None  # no traceback
 
 
-def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, tmp_path, capsys):
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, data_train, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = xlsr_main(
         [
@@ -103,6 +110,7 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, tmp_path
             "--config",
             "configs/tiny.yaml",
             f"run_dir={run_dir}",
+            data_train,
             "optim.lr=1e-3",
             "--nodes",
             "2",
@@ -161,7 +169,7 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(no_slurm, tmp_path
     assert "#   lr: 0.001" in out and "#   partition: gpu" in out and "#   max_requeues: 5" in out
 
 
-def test_validation_errors_before_submitting(no_slurm, tmp_path, capsys):
+def test_validation_errors_before_submitting(no_slurm, data_train, tmp_path, capsys):
     # a missing config file
     assert xlsr_main(["launch", "slurm", "--config", "configs/nope.yaml", "--dry-run"]) == 2
     assert "config file not found: configs/nope.yaml" in capsys.readouterr().err
@@ -170,16 +178,19 @@ def test_validation_errors_before_submitting(no_slurm, tmp_path, capsys):
     assert "unknown key 'optim.lrr'" in capsys.readouterr().err
     # not a dry run and no reachable SLURM: a clear error, nothing written
     run_dir = tmp_path / "run"
-    assert xlsr_main(["launch", "slurm", "--config", "configs/tiny.yaml", f"run_dir={run_dir}"]) == 2
+    launch = ["launch", "slurm", "--config", "configs/tiny.yaml", f"run_dir={run_dir}"]
+    assert xlsr_main(launch) == 2  # without data.train: refused before anything else
+    assert "data.train is empty" in capsys.readouterr().err and not run_dir.exists()
+    assert xlsr_main([*launch, data_train]) == 2
     assert "cannot reach SLURM" in capsys.readouterr().err and not run_dir.exists()
 
 
-def test_refuses_a_run_directory_of_another_config(no_slurm, tmp_path, capsys):
+def test_refuses_a_run_directory_of_another_config(no_slurm, data_train, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    existing = load_config("configs/tiny.yaml", [f"run_dir={run_dir}", "optim.lr=1e-3"])
+    existing = load_config("configs/tiny.yaml", [f"run_dir={run_dir}", "optim.lr=1e-3", data_train])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(existing)))
-    base = ["launch", "slurm", "--config", "configs/tiny.yaml", "--dry-run"]
+    base = ["launch", "slurm", "--config", "configs/tiny.yaml", "--dry-run", data_train]
     # another learning rate: refused, with a diff
     assert xlsr_main([*base, f"run_dir={run_dir}", "optim.lr=5e-4"]) == 2
     err = capsys.readouterr().err
@@ -217,8 +228,8 @@ def launch(env, run_dir: Path, *args: str):
     return run_xlsr(env, "launch", "slurm", "--config", "configs/tiny.yaml", f"run_dir={run_dir}", *args)
 
 
-def test_unknown_partition_is_refused_before_submitting(env, tmp_path):
-    result = launch(env, tmp_path / "r", "--partition", "shrot")
+def test_unknown_partition_is_refused_before_submitting(env, data_train, tmp_path):
+    result = launch(env, tmp_path / "r", data_train, "--partition", "shrot")
     assert result.returncode == 2
     assert "unknown partition 'shrot' (did you mean 'short'?)" in result.stderr
     assert "partitions on this cluster: debug, short" in result.stderr
@@ -245,9 +256,9 @@ ONE_CPU = [*CPU, "--cpus-per-task", "1"]
         ),
     ],
 )
-def test_requests_that_can_never_run_are_refused_in_one_line(env, tmp_path, flags, refusal):
+def test_requests_that_can_never_run_are_refused_in_one_line(env, data_train, tmp_path, flags, refusal):
     """Checked against what sinfo says of the partition's nodes and limits; nothing is submitted."""
-    result = launch(env, tmp_path / "r", *flags)
+    result = launch(env, tmp_path / "r", data_train, *flags)
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert refusal in line and "SLURM would leave the job pending forever" in line, line

@@ -42,8 +42,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_launch_local(args: argparse.Namespace) -> int:
     from launchers.local import launch_local
     from xlsr.config import load_config
+    from xlsr.data.sources import check_data_sources
 
-    load_config(args.config, args.overrides)  # fail here, not in N processes
+    check_data_sources(load_config(args.config, args.overrides).data)  # fail here, not in N processes
     return launch_local(args.nproc, ["--config", args.config, *args.overrides])
 
 

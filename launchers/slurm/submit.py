@@ -106,8 +106,10 @@ def plan_launch(request: LaunchRequest) -> LaunchPlan:
 def resolve_config(request: LaunchRequest) -> TrainConfig:
     """Recipe + overrides + resource flags; ``run_dir`` made absolute (compute nodes read it)."""
     from xlsr.config import load_config
+    from xlsr.data.sources import check_data_sources
 
     cfg = load_config(request.config, list(request.overrides))
+    check_data_sources(cfg.data)
     flags = {field.name: getattr(request, field.name, None) for field in dataclasses.fields(cfg.launcher)}
     cfg.launcher = dataclasses.replace(cfg.launcher, **{k: v for k, v in flags.items() if v is not None})
     cfg.run_dir = str(Path(cfg.run_dir).resolve())

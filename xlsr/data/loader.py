@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xlsr.config import SAMPLE_RATE, DataConfig
 from xlsr.data.planning import UnitPlan
-from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index
+from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index, visible_seconds
 from xlsr.data.shards import is_ranged_pipe
 from xlsr.data.stages import STREAM_COUNTS, Batch
 from xlsr.data.stream import SlotPipeline
@@ -52,30 +52,74 @@ def build_stream_specs(cfg: DataConfig) -> tuple[list[StreamSpec], Hours, Hours]
         check_shards_exist(index)  # missing tars are named here, in one line, not in a worker's traceback
         shards.extend(index.shards)
     try:
-        return stream_specs(shards, cfg.language_alpha, cfg.corpus_alpha)
+        return stream_specs(shards, cfg.language_alpha, cfg.corpus_alpha, cfg.max_sample_size / SAMPLE_RATE)
     except ValueError as exc:
         raise ValueError(f"{exc} (data.train={cfg.train})") from None
 
 
 def stream_specs(
-    shards: Iterable[ShardInfo], language_alpha: float, corpus_alpha: float
+    shards: Iterable[ShardInfo], language_alpha: float, corpus_alpha: float, crop_seconds: float | None = None
 ) -> tuple[list[StreamSpec], Hours, Hours]:
     """Streams (sorted by corpus, language) with their share of the sampled audio, plus the hours and
     hour-probabilities behind them. XLS-R's probabilities are over hours of audio; each slot turns them
-    into per-utterance draw weights for the data it owns (``xlsr.data.planning``)."""
+    into per-utterance draw weights for the data it owns (``xlsr.data.planning``).
+
+    The hours are those the model can see: every utterance counts at most ``crop_seconds`` (training
+    crops each draw to ``data.max_sample_size``), so an uncut hour-long recording weighs as one crop,
+    not as an hour. ``None`` counts stored hours."""
     groups: dict[tuple[str, str], list[ShardInfo]] = {}
     for shard in shards:
         groups.setdefault((shard.corpus, shard.language), []).append(shard)
     usable = {key: group for key, group in groups.items() if sum(s.samples for s in group) > 0}
     if not usable:
         raise ValueError("no samples in the shards listed")
-    hours = {key: sum(s.seconds for s in group) / 3600 for key, group in usable.items()}
+    hours = {key: stream_seconds(group, crop_seconds) / 3600 for key, group in usable.items()}
     hour_probs = upsampling_probabilities(hours, language_alpha, corpus_alpha)
     specs = [
-        StreamSpec(f"{key[0]}/{key[1]}", tuple(group), hour_probs[key])
+        StreamSpec(
+            f"{key[0]}/{key[1]}",
+            tuple(group),
+            hour_probs[key],
+            tuple(stream_seconds([shard], crop_seconds) for shard in group),
+        )
         for key, group in sorted(usable.items())
     ]
     return specs, hours, hour_probs
+
+
+def stream_seconds(shards: Iterable[ShardInfo], crop_seconds: float | None) -> float:
+    """Seconds of audio in ``shards`` the model can see (stored seconds for ``crop_seconds=None``)."""
+    if crop_seconds is None:
+        return sum(s.seconds for s in shards)
+    return sum(visible_seconds(s, crop_seconds) for s in shards)
+
+
+# A stream whose utterances run past this many crops is worth a warning: most of its audio is unseen.
+LONG_UTTERANCE_CROPS = 3.0
+
+
+def warn_about_long_utterances(specs: list[StreamSpec], crop_seconds: float) -> None:
+    """One warning per stream holding utterances longer than LONG_UTTERANCE_CROPS crops."""
+    for spec in specs:
+        long_count, long_seconds = 0, 0.0
+        for shard in spec.shards:
+            for upper, count, seconds in shard.lengths or ():
+                if upper - 0.5 >= LONG_UTTERANCE_CROPS * crop_seconds:
+                    long_count, long_seconds = long_count + count, long_seconds + seconds
+        if long_count:
+            stored = stream_seconds(spec.shards, None)
+            log.warning(
+                "data: stream %s holds %d utterances longer than %.0f s (%.2f of its %.2f stored hours); "
+                "training crops every draw to data.max_sample_size (%.1f s), so it can see %.2f h of it. "
+                "Re-shard with `xlsr shard --max-seconds 30` to cut long recordings at pauses",
+                spec.name,
+                long_count,
+                LONG_UTTERANCE_CROPS * crop_seconds,
+                long_seconds / 3600,
+                stored / 3600,
+                crop_seconds,
+                stream_seconds(spec.shards, crop_seconds) / 3600,
+            )
 
 
 class _SlotDataset(IterableDataset):
@@ -108,11 +152,13 @@ SKIP_COUNTERS = ("too_short", "undecodable", "broken_units", *(f"broken_{c}" for
 
 
 def stream_report(specs: list[StreamSpec], totals: list[list[float]]) -> list[dict[str, Any]]:
-    """Rows of ``summary["data"]["streams"]``: see ``DataStream.stream_report``. ``passes`` is how many
-    times, on average, each utterance of the stream has been read (too-short ones included)."""
+    """Rows of ``summary["data"]["streams"]``: see ``DataStream.stream_report``. Shares and
+    ``hours_drawn`` count the audio the model saw (each draw at most ``data.max_sample_size``),
+    ``stored_hours_drawn`` the whole utterances drawn. ``passes`` is how many times, on average, each
+    utterance of the stream has been read (too-short ones included)."""
     audio = sum(row[1] for row in totals) or 1.0
     rows = []
-    for spec, (utterances, samples, too_short) in zip(specs, totals, strict=True):
+    for spec, (utterances, samples, too_short, stored) in zip(specs, totals, strict=True):
         corpus, language = spec.name.split("/", 1)
         rows.append(
             {
@@ -121,6 +167,7 @@ def stream_report(specs: list[StreamSpec], totals: list[list[float]]) -> list[di
                 "target_share": spec.hour_prob,
                 "realised_share": samples / audio,
                 "hours_drawn": samples / SAMPLE_RATE / 3600,
+                "stored_hours_drawn": stored / SAMPLE_RATE / 3600,
                 "utterances": int(utterances),
                 "too_short": int(too_short),
                 "passes": (utterances + too_short) / spec.utterances,
@@ -165,13 +212,18 @@ class DataStream:
         self.base_seed = seed  # the run's seed; `seed` is the stream's, which a reseed replaces
         self.workers = max(1, cfg.num_workers)
         self.specs, self.hours, self.hour_probs = build_stream_specs(cfg)
+        if rank == 0:
+            warn_about_long_utterances(self.specs, cfg.max_sample_size / SAMPLE_RATE)
         _warn_about_pipe_rereads(self.specs, getattr(cfg, "max_open_shards", DEFAULT_MAX_OPEN_SHARDS))
         self.dataset = _SlotDataset(self.specs, cfg, seed, rank, world_size, self.workers)
         self.batches_consumed = 0
         self._iterator: Iterator[Batch] | None = None
 
     def probability_table(self) -> str:
-        return format_probability_table(self.hours, self.hour_probs)
+        stored = {
+            tuple(spec.name.split("/", 1)): stream_seconds(spec.shards, None) / 3600 for spec in self.specs
+        }
+        return format_probability_table(self.hours, self.hour_probs, stored)
 
     def __iter__(self) -> Iterator[Batch]:
         return self
@@ -221,7 +273,8 @@ class DataStream:
     def telemetry(self) -> torch.Tensor:
         """This rank's draws per stream so far, summed over its slots' last consumed states: a float64
         tensor of shape (streams, len(STREAM_COUNTS)), rows in ``self.specs`` order (the same on every
-        rank), columns utterances accepted, their audio samples, utterances too short. Sum it over
+        rank), columns utterances accepted, their audio samples as seen (cropped), utterances too
+        short, their audio samples as stored. Sum it over
         ranks (all-reduce), then ``stream_report`` turns it into shares."""
         totals = torch.zeros(len(self.specs), len(STREAM_COUNTS), dtype=torch.float64)
         for state in self.dataset.slot_states.values():

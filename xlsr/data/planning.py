@@ -13,9 +13,10 @@ stream's share of the sampled audio at its upsampling probability p_s, for any n
   every slot reads all of it (each in its own order), and draws it at 1/num_slots of its rate.
 - **Draws weighted by ownership.** A slot draws an utterance of stream s with weight
   p_s · n_ks / A_s, where n_ks is how many utterances it owns (or n_s / num_slots when shared) and
-  A_s the stream's seconds. Each slot's expected audio from s is then proportional to the audio it owns,
-  so an utterance's expected draw rate is the same in every slot as long as every slot emits the same
-  amount of audio: batches are round-robin over slots and each holds about ``max_tokens`` samples.
+  A_s the stream's seconds (those the model can see: each utterance at most one crop). Each slot's
+  expected audio from s is then proportional to the audio it owns, so an utterance's expected draw
+  rate is the same in every slot as long as every slot emits the same amount of audio: batches are
+  round-robin over slots and each holds about ``max_tokens`` samples.
 - **Balanced load.** A slot's *load*, Σ_s p_s a_ks / A_s (a_ks: seconds it owns), is its share of the
   whole mixture; per-utterance rates differ between slots exactly as much as loads do. Runs of one
   stream differ by one utterance and shards by their mean duration, so runs are dealt to slots
@@ -56,6 +57,11 @@ class PlannedStream:
 
     shards: tuple[ShardInfo, ...]
     hour_prob: float
+    # Seconds of each shard as the upsampling counts them (what the model can see of it); None: stored.
+    shard_seconds: tuple[float, ...] | None = None
+
+    def seconds_of_shards(self) -> tuple[float, ...]:
+        return self.shard_seconds if self.shard_seconds is not None else tuple(s.seconds for s in self.shards)
 
 
 class UnitPlan:
@@ -66,7 +72,7 @@ class UnitPlan:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
         self.streams, self.num_slots = list(streams), num_slots
         self.samples = [np.array([s.samples for s in st.shards], dtype=np.int64) for st in self.streams]
-        self.seconds = np.array([sum(s.seconds for s in st.shards) for st in self.streams], dtype=np.float64)
+        self.seconds = np.array([sum(st.seconds_of_shards()) for st in self.streams], dtype=np.float64)
         self.utterances = np.array([int(n.sum()) for n in self.samples], dtype=np.int64)
         self.shared = self.utterances < num_slots
         # Per stream (cut streams only): run boundaries over the stream's concatenated samples, the
@@ -108,7 +114,7 @@ class UnitPlan:
     def _cumulative_seconds(self, stream: int, positions: np.ndarray) -> np.ndarray:
         """Estimated seconds before each sample position (mean duration within each shard)."""
         counts = self.samples[stream]
-        seconds = np.array([s.seconds for s in self.streams[stream].shards], dtype=np.float64)
+        seconds = np.array(self.streams[stream].seconds_of_shards(), dtype=np.float64)
         starts = np.concatenate([[0], np.cumsum(counts)])
         seconds_before = np.concatenate([[0.0], np.cumsum(seconds)])
         shard = np.clip(np.searchsorted(starts, positions, side="right") - 1, 0, len(counts) - 1)

@@ -27,7 +27,9 @@ from xlsr.process import UserError
 
 Item = tuple[SampleRef, RawSample]
 # Per-stream draw counts kept in every slot's state (DataStream.telemetry sums them).
-STREAM_COUNTS = ("utterances", "samples", "too_short")
+# Per stream: utterances drawn, their samples as the model sees them (each at most max_sample_size),
+# too-short draws skipped, and the drawn utterances' stored samples.
+STREAM_COUNTS = ("utterances", "samples", "too_short", "stored_samples")
 # This many utterances in a row shorter than data.min_sample_size means none will ever be long enough.
 MAX_CONSECUTIVE_TOO_SHORT = 10_000
 
@@ -92,6 +94,7 @@ class Mixer:
         counters: Counter[str],
     ):
         self.min_sample_size, self.rng, self.counters = cfg.min_sample_size, rng, counters
+        self.max_sample_size = cfg.max_sample_size
         probs = plan.draw_weights(slot)
         self.open_readers = OpenReaders(getattr(cfg, "max_open_shards", DEFAULT_MAX_OPEN_SHARDS), probs)
         self.readers = [
@@ -101,7 +104,6 @@ class Mixer:
         # What Generator.choice(p=probs) computes on every call (the same draws), computed once.
         self.cdf = probs.cumsum()
         self.cdf /= self.cdf[-1]
-        # Per stream: utterances accepted, their audio samples, and utterances too short (STREAM_COUNTS).
         self.stream_counts = np.zeros((len(specs), len(STREAM_COUNTS)), dtype=np.int64)
         self._too_short_run: list[int] = []  # lengths of the current run of too-short draws
 
@@ -112,7 +114,8 @@ class Mixer:
             counts = self.stream_counts[stream]
             if sample.num_samples >= self.min_sample_size:
                 counts[0] += 1
-                counts[1] += sample.num_samples
+                counts[1] += min(sample.num_samples, self.max_sample_size)
+                counts[3] += sample.num_samples
                 self._too_short_run.clear()
                 return ref, sample
             counts[2] += 1
@@ -155,7 +158,10 @@ class Mixer:
             raise ValueError("loader state has a different number of streams than the configured data")
         for reader, reader_state in zip(self.readers, state["readers"], strict=True):
             reader.load_state_dict(reader_state)
-        self.stream_counts[:] = np.array(state["streams"], dtype=np.int64)
+        counts = np.array(state["streams"], dtype=np.int64).reshape(len(self.readers), -1)
+        if counts.shape[1] < len(STREAM_COUNTS):  # a state from before stored samples were counted
+            counts = np.concatenate([counts, counts[:, 1:2]], axis=1)
+        self.stream_counts[:] = counts
 
     def close(self) -> None:
         """Close every open shard (files and `pipe:` processes)."""

@@ -39,13 +39,15 @@ class StreamSpec:
     shards: tuple[ShardInfo, ...]
     # Share of the sampled audio this stream gets (the upsampling table).
     hour_prob: float
+    # Per shard, the seconds the upsampling counts (xlsr.data.loader.stream_seconds); None: stored.
+    shard_seconds: tuple[float, ...] | None = None
 
     @property
     def utterances(self) -> int:
         return sum(shard.samples for shard in self.shards)
 
     def planned(self) -> PlannedStream:
-        return PlannedStream(self.shards, self.hour_prob)
+        return PlannedStream(self.shards, self.hour_prob, self.shard_seconds)
 
 
 class EmptyStreamError(UserError, RuntimeError):

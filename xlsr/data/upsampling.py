@@ -46,20 +46,35 @@ def upsampling_probabilities(
     return probs
 
 
-def format_probability_table(hours: Mapping[StreamKey, float], probs: Mapping[StreamKey, float]) -> str:
-    """The table printed at startup and by `xlsr stats`: hours and share before/after upsampling."""
+def format_probability_table(
+    hours: Mapping[StreamKey, float],
+    probs: Mapping[StreamKey, float],
+    stored_hours: Mapping[StreamKey, float] | None = None,
+) -> str:
+    """The table printed at startup and by `xlsr stats`: hours and share before/after upsampling.
+    ``hours`` are what the shares are computed from; ``stored_hours``, when given, are shown beside
+    them (the audio on disk, of which the model sees ``hours``)."""
     total = sum(hours.values()) or 1.0
     rows = sorted(hours, key=lambda key: (-hours[key], key))
-    header = f"{'corpus':<14}{'language':<10}{'hours':>10}{'natural %':>11}{'sampled %':>11}{'x':>8}"
+    corpus_width = max([14, *(len(key[0]) + 2 for key in rows)])
+    language_width = max([10, *(len(key[1]) + 2 for key in rows)])
+    stored = f"{'stored h':>10}" if stored_hours is not None else ""
+    header = (
+        f"{'corpus':<{corpus_width}}{'language':<{language_width}}{'hours':>10}{stored}"
+        f"{'natural %':>11}{'sampled %':>11}{'x':>8}"
+    )
     lines = [header, "-" * len(header)]
     for key in rows:
         natural = hours[key] / total
         sampled = probs.get(key, 0.0)
         ratio = sampled / natural if natural > 0 else float("inf")
         shares = f"{100 * natural:>10.2f}%{100 * sampled:>10.2f}%{ratio:>8.2f}"
-        lines.append(f"{key[0]:<14}{key[1]:<10}{hours[key]:>10.3f}{shares}")
+        kept = f"{stored_hours.get(key, 0.0):>10.3f}" if stored_hours is not None else ""
+        lines.append(f"{key[0]:<{corpus_width}}{key[1]:<{language_width}}{hours[key]:>10.3f}{kept}{shares}")
     lines.append("-" * len(header))
+    kept = f"{sum(stored_hours.values()):>10.3f}" if stored_hours is not None else ""
     lines.append(
-        f"{'total':<24}{sum(hours.values()):>10.3f}{100.0:>10.2f}%{100 * sum(probs.values()):>10.2f}%"
+        f"{'total':<{corpus_width + language_width}}{sum(hours.values()):>10.3f}{kept}"
+        f"{100.0:>10.2f}%{100 * sum(probs.values()):>10.2f}%"
     )
     return "\n".join(lines)

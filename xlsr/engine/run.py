@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from xlsr.config import TrainConfig, validate
+from xlsr.data.sources import check_data_sources
 from xlsr.engine.distributed import DistEnv, any_rank_host, init_distributed, shutdown
 from xlsr.engine.reporting import TrainResult
 from xlsr.engine.run_lock import RunDirLock, RunDirLockedError
@@ -22,6 +23,7 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, stop: StopRequest | None
     otherwise it is created here and destroyed on the way out, whatever happens.
     """
     validate(cfg, "<TrainConfig>")  # a config built in Python has not been through load_config
+    check_data_sources(cfg.data)  # an empty or overlapping data.train: one line, before any group starts
     if stop is None:
         stop = StopRequest()
         stop.install()
