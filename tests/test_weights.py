@@ -113,6 +113,9 @@ def test_best_rq_exports_its_encoder_to_hugging_face(checkpoints, tmp_path):
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["Wav2Vec2Model"]
+    # Every exported file gets the umask's mode (0644 under the usual 022), safetensors' one too.
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert len(set(modes.values())) == 1 and modes["model.safetensors"] == modes["config.json"], modes
     theirs = transformers.Wav2Vec2Model.from_pretrained(tmp_path / "hf").eval()
     ours = load_pretrained(checkpoints["best_rq"])
     audio = torch.randn(2, 24_000)

@@ -34,6 +34,13 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(handle.fileno())
 
 
+def umask_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under this process's umask (0644 under 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def temporary_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
     """A fresh hidden name next to ``path`` that no other writer (process, host, job) can pick."""
     path = Path(path)

@@ -14,13 +14,14 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from xlsr.fileio import atomic_write_text, atomic_write_with, fsync_dir, temporary_sibling
+from xlsr.fileio import atomic_write_text, atomic_write_with, fsync_dir, temporary_sibling, umask_file_mode
 from xlsr.model.interop import hf_config_dict, hf_preprocessor_config_dict, to_hf_state_dict
 from xlsr.process import UserError
 from xlsr.weights import ModelWeights, read_fairseq, read_weights
@@ -70,6 +71,8 @@ def _write_hf_export(directory: Path, weights: ModelWeights) -> None:
     state = weights.state if whole else weights.encoder_state()
     hf_state = {k: v.contiguous() for k, v in to_hf_state_dict(state).items()}
     save_file(hf_state, directory / "model.safetensors", metadata={"format": "pt"})
+    # safetensors creates the file private (0600); give it the mode the other files of the export get.
+    os.chmod(directory / "model.safetensors", umask_file_mode())
     config = hf_config_dict(cfg, weights.objective.wav2vec2)
     if not whole:
         config["architectures"] = ["Wav2Vec2Model"]

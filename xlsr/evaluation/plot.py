@@ -67,8 +67,9 @@ def _per_language(ax, valid, loss_key: str) -> None:
     keys = sorted(
         {k for line in valid for k in line if k.startswith("valid/") and k.endswith(f"/{loss_key}")}
     )
-    for key in keys:
-        ax.plot(*_series(valid, key), "o-", label=key.split("/")[2])
+    for key in keys:  # valid/<corpus>/<language>/<loss>: one language can come from several corpora
+        _, corpus, language = key.split("/")[:3]
+        ax.plot(*_series(valid, key), "o-", label=f"{language} ({corpus})")
     ax.set(title=f"valid {loss_key} per language (bits)", xlabel="update")
     if keys:
         ax.legend(fontsize=7, ncol=2)
