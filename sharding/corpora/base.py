@@ -117,11 +117,15 @@ class Layout(Protocol):
 
 
 def child_dirs(root: Path) -> list[Path]:
-    """Sub-directories of `root`, sorted, ignoring hidden ones such as `.cache`."""
+    """Sub-directories of `root`, sorted, ignoring hidden ones such as `.cache`. Read with scandir,
+    whose entries know their type without a stat per file: detection looks into many folders, on
+    network filesystems too."""
     try:
-        return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        with os.scandir(root) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
     except OSError:
         return []
+    return [root / name for name in sorted(names)]
 
 
 def relative(path: Path, root: Path) -> str:
