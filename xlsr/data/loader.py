@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xlsr.config import SAMPLE_RATE, DataConfig
 from xlsr.data.planning import UnitPlan
-from xlsr.data.shard_format import ShardInfo, check_shards_exist, read_index, visible_seconds
+from xlsr.data.shard_format import ShardInfo, check_shards_exist, longer_than, read_index, visible_seconds
 from xlsr.data.shards import is_ranged_pipe
 from xlsr.data.stages import STREAM_COUNTS, Batch
 from xlsr.data.stream import SlotPipeline
@@ -101,11 +101,8 @@ LONG_UTTERANCE_CROPS = 3.0
 def warn_about_long_utterances(specs: list[StreamSpec], crop_seconds: float) -> None:
     """One warning per stream holding utterances longer than LONG_UTTERANCE_CROPS crops."""
     for spec in specs:
-        long_count, long_seconds = 0, 0.0
-        for shard in spec.shards:
-            for upper, count, seconds in shard.lengths or ():
-                if upper - 0.5 >= LONG_UTTERANCE_CROPS * crop_seconds:
-                    long_count, long_seconds = long_count + count, long_seconds + seconds
+        long = [longer_than(shard, LONG_UTTERANCE_CROPS * crop_seconds) for shard in spec.shards]
+        long_count, long_seconds = sum(n for n, _ in long), sum(s for _, s in long)
         if long_count:
             stored = stream_seconds(spec.shards, None)
             log.warning(

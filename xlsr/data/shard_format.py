@@ -241,6 +241,12 @@ def _bin_lower(upper: float) -> float:
 _BIN_WIDTHS = ((60.0, 0.5), (600.0, 10.0))
 
 
+def longer_than(shard: ShardInfo, seconds: float) -> tuple[int, float]:
+    """(utterances, their seconds) of the shard's histogram bins that lie wholly above ``seconds``."""
+    bins = [(count, total) for upper, count, total in shard.lengths or () if _bin_lower(upper) >= seconds]
+    return sum(count for count, _ in bins), sum(total for _, total in bins)
+
+
 def visible_seconds(shard: ShardInfo, crop_seconds: float) -> float:
     """Seconds of the shard a model that crops every utterance to ``crop_seconds`` can see: each
     utterance counts at most that. From the shard's length histogram; for a shard without one, every
