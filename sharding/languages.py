@@ -16,7 +16,7 @@ The canonical tag is the shortest tag that still names the spoken language:
   Cantonese (``yue``), not Mandarin (``REGIONAL_VARIETIES``);
 - variants that are distinct spoken varieties stay (Common Voice's ``rm-sursilv`` and ``rm-vallader``
   are two Romansh idioms);
-- English names are looked up (``german`` -> ``de``, ``kurmanji`` -> ``kmr``).
+- English names are looked up, exactly (``german`` -> ``de``, ``tok pisin`` -> ``tpi``).
 
 A name that is none of these (a made-up corpus's ``l000``) is kept as given and reported, so the user
 can map it. ``--language-map FILE`` (two tab-separated columns: the corpus's name, the tag) overrides
@@ -102,12 +102,16 @@ def _parse_tag(text: str) -> langcodes.Language | None:
 
 
 def _parse_name(text: str) -> langcodes.Language | None:
+    """A language's English name, exactly (`german`, `tok pisin`): langcodes' own lookup is fuzzy
+    and would turn folder names such as `male` or `short` into Malay or Shor."""
+    name = text.replace("-", " ")
     try:
-        found = langcodes.find(text.replace("-", " "))
+        found = langcodes.find(name)
     except LookupError:
         return None
-    tag = langcodes.standardize_tag(found.to_tag(), macro=True)
-    return langcodes.Language.get(tag)
+    if found.display_name("en").lower() != name:
+        return None
+    return langcodes.Language.get(langcodes.standardize_tag(found.to_tag(), macro=True))
 
 
 def read_language_map(path: str | os.PathLike) -> dict[str, str]:

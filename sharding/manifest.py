@@ -140,7 +140,6 @@ def _record_from_row(
         if value is None:
             raise ValueError(f"{where}: missing required field '{name}'")
     corpus = text_field("corpus") or default_corpus
-    check_name(language, "language", where)
     full_path = os.path.normpath(path.parent / audio_path)
     tag = names.canonical(language)
     return SourceRecord(

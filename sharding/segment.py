@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_MAX_SECONDS = 30.0
+MIN_MAX_SECONDS = 1.0  # the smallest --max-seconds: a window of frames to choose a cut from
 FRAME_SECONDS = 0.010
 SMOOTHING_SECONDS = 0.100
+_BLOCK_FRAMES = 65536
 
 
 def segment_bounds(samples: np.ndarray, sample_rate: int, max_seconds: float | None) -> list[tuple[int, int]]:
@@ -41,9 +43,16 @@ def segment_bounds(samples: np.ndarray, sample_rate: int, max_seconds: float | N
 
 
 def _smoothed_energy(samples: np.ndarray, frame: int, width: int) -> np.ndarray:
-    """Mean square per frame, averaged over `width` frames centred on each."""
+    """Mean square per frame, averaged over `width` frames centred on each. Computed in blocks, so an
+    hour-long recording costs a few MB beyond its samples."""
     frames = len(samples) // frame
-    power = np.square(samples[: frames * frame].astype(np.float64)).reshape(frames, frame).mean(axis=1)
+    blocks = samples[: frames * frame].reshape(frames, frame)
+    power = np.empty(frames, dtype=np.float64)
+    for start in range(0, frames, _BLOCK_FRAMES):
+        block = blocks[start : start + _BLOCK_FRAMES]
+        power[start : start + len(block)] = np.einsum("ij,ij->i", block, block) / frame
+    if frames < width:
+        return power
     return np.convolve(power, np.ones(width) / width, mode="same")
 
 

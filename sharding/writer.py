@@ -51,9 +51,11 @@ from tqdm import tqdm
 from sharding.audio import AudioError, decode_file, os_path
 from sharding.manifest import SourceRecord, check_name
 from sharding.samples import tar_samples
+from sharding.segment import MIN_MAX_SECONDS
 from sharding.split import VALID_DIR
 from xlsr.data.shard_format import (
     AUDIO_FORMATS,
+    AUDIO_MEMBER_EXTENSION,
     INDEX_NAME,
     INDEX_VERSION,
     LengthHistogram,
@@ -97,8 +99,17 @@ class ShardWriterConfig:
             raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {self.audio_format!r}")
         if self.sample_rate <= 0 or self.shard_size_bytes <= 0 or self.workers < 1:
             raise ValueError("sample_rate, shard_size_bytes and workers must be positive")
-        if self.max_seconds is not None and self.max_seconds < max(self.min_seconds, 1.0 / self.sample_rate):
-            raise ValueError(f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})")
+        for name in ("max_seconds", "min_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        if self.max_seconds is not None and self.max_seconds < max(self.min_seconds, MIN_MAX_SECONDS):
+            raise ValueError(
+                f"max_seconds ({self.max_seconds:g}) must be >= min_seconds ({self.min_seconds:g}) and >= "
+                f"{MIN_MAX_SECONDS:g} (0 keeps recordings whole)"
+            )
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that change the bytes of a shard (the plan covers seed and shard size)."""
@@ -284,7 +295,8 @@ def write_shard(shard: PlannedShard, cfg: ShardWriterConfig) -> dict[str, Any]:
                 tar.write(sample)
                 samples += 1
                 audio_samples += length
-                keys.append(sample["__key__"])
+                audio = sample[AUDIO_MEMBER_EXTENSION[cfg.audio_format]]
+                keys.append(f"{sample['__key__']}:{hashlib.sha1(audio).hexdigest()[:16]}")
                 lengths.add(length / cfg.sample_rate)
         tar.close()
         handle.flush()

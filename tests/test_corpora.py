@@ -266,3 +266,62 @@ def test_the_same_corpus_sharded_from_two_places_gives_identical_sets(tmp_path: 
     texts = {s["__key__"]: s.get("txt") for s in read_samples(one)}
     # Transcripts travel as `txt` members (every Common Voice clip has one).
     assert len(texts) == 6 and all(text.startswith(b"sentence ") for text in texts.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Edge cases: roots given as `.`, folder names that are no languages, unknown BABEL packs, bad flags
+
+
+def test_root_given_as_dot_or_under_a_prefixed_parent_reads_the_same(tmp_path: Path, monkeypatch):
+    mls(tmp_path / "mls_data")  # a parent whose name looks like a release
+    whole = found_by_rel(read_corpus(tmp_path / "mls_data", None, ImportOptions()))
+    assert all(rel.startswith(("mls_german/", "mls_polish/")) for rel in whole)
+    monkeypatch.chdir(tmp_path / "mls_data" / "mls_german")
+    here = read_corpus(Path("."), None, ImportOptions())
+    assert here.layout == "mls" and found_by_rel(here) == {k: v for k, v in whole.items() if "german" in k}
+
+
+def test_folder_names_that_are_no_languages_are_kept_and_split_folders_refused(tmp_path: Path):
+    assert canonical_tag("male") is None and canonical_tag("short") is None and canonical_tag("a") is None
+    write_audio(tmp_path / "c" / "male" / "x.wav")
+    found = read_corpus(tmp_path / "c", None, ImportOptions())
+    assert [r.language for r in found.records] == ["male"]
+    assert any(
+        line.startswith("kept as given (not a language tag or name): male") for line in found.summary_lines()
+    )
+    write_audio(tmp_path / "s" / "train" / "x.wav")
+    with pytest.raises(ValueError, match="train/ name splits, not languages"):
+        read_corpus(tmp_path / "s", "dir", ImportOptions())
+
+
+def test_an_unknown_babel_pack_is_kept_and_mappable(tmp_path: Path):
+    pack = tmp_path / "BABEL_OP9_999"
+    write_audio(
+        pack / "conversational" / "training" / "audio" / "BABEL_OP9_999_12345_20200101_000000_inLine.sph",
+        1.0,
+        8000,
+    )
+    found = read_corpus(pack, None, ImportOptions())
+    assert [r.language for r in found.records] == ["999"]
+    assert any("kept as given" in line and "999" in line for line in found.summary_lines())
+    mapped = read_corpus(pack, None, ImportOptions(language_map={"999": "xx-test"}))
+    assert [(r.language, r.source_language) for r in mapped.records] == [("xx-test", "999")]
+
+
+def test_manifest_names_are_checked_after_mapping(tmp_path: Path):
+    write_audio(tmp_path / "a.wav")
+    (tmp_path / "m.tsv").write_text("path\tlanguage\na.wav\tzh.CN\n")
+    with pytest.raises(ValueError, match=r"bad language 'zh\.CN'"):
+        read_corpus(tmp_path / "m.tsv", None, ImportOptions())
+    found = read_corpus(tmp_path / "m.tsv", None, ImportOptions(language_map={"zh.CN": "zh"}))
+    assert [(r.language, r.source_language, r.rel_path) for r in found.records] == [("zh", "zh.CN", "a.wav")]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0.5"])
+def test_bad_max_seconds_is_one_line(tmp_path: Path, value: str):
+    write_audio(tmp_path / "c" / "en" / "a.wav")
+    result = xlsr(
+        "shard", str(tmp_path / "c"), str(tmp_path / "out"), "--max-seconds", value, "--no-progress"
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "max_seconds" in result.stderr and "Traceback" not in result.stderr

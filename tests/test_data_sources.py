@@ -150,3 +150,17 @@ def test_stats_run_reports_the_seconds_the_model_saw(small_set: Path, tmp_path: 
         assert row["hours_drawn"] == pytest.approx(row["stored_hours_drawn"] / 2, rel=1e-6)
     table = xlsr("stats", "--run", str(run))
     assert table.returncode == 0 and "seen h" in table.stdout and "stored h" in table.stdout
+
+
+def test_two_corpora_sharing_file_names_are_not_taken_for_copies(tmp_path: Path):
+    """Keys name files by corpus, language and relative path; the digest also covers the audio, so two
+    different corpora with the same folder structure are two sets, not one set listed twice."""
+    indexes = []
+    for name, seed in (("one", 1), ("two", 2)):
+        write_audio(tmp_path / name / "en" / "a.wav", 1.0, 16000, seed)
+        indexes.append(
+            str(shard(ShardJob(tmp_path / name, tmp_path / f"out_{name}", progress=False)).index_path)
+        )
+    keys = [json.loads(Path(i).read_text())["shards"][0]["keys_digest"] for i in indexes]
+    assert keys[0] != keys[1]
+    check_data_sources(DataConfig(train=indexes))

@@ -48,6 +48,7 @@ CORPUS_LAYOUTS: dict[str, Layout] = {
 }
 MANIFEST = "manifest"
 GENERIC = "dir"
+MAX_PROBED_FOLDERS = 200
 LAYOUTS = (*CORPUS_LAYOUTS, MANIFEST)
 MANIFEST_TREE = "a .tsv (header row) or .jsonl file with path and language (corpus, speaker, duration, text)"
 
@@ -58,8 +59,8 @@ class LayoutError(ValueError):
 
 def read_corpus(input: str | os.PathLike, layout: str | None, options: ImportOptions) -> Found:
     """Records of INPUT read with `layout` (None: detected); LayoutError when it finds no audio."""
-    input = Path(input)
-    if input.is_file() or layout == MANIFEST:
+    input = Path(os.path.abspath(input))  # `.` has no name, and layouts read folder names
+    if os.path.isfile(input) or layout == MANIFEST:
         return _read_manifest(input, options)
     root = require_dir(input)
     if layout is None:
@@ -105,12 +106,18 @@ def _specific(root: Path, exclude: str | None = None) -> tuple[str, str] | None:
 
 
 def _corpus_below(root: Path) -> tuple[Path, str, str] | None:
-    """A folder one or two levels below `root` that a corpus layout recognises."""
-    for child in child_dirs(root)[:50]:
-        for folder in (child, *child_dirs(child)[:50]):
+    """A folder one or two levels below `root` that a corpus layout recognises. At most
+    MAX_PROBED_FOLDERS are probed: corpora sit near the top of a download, and on a network
+    filesystem every probe is a few directory listings."""
+    probed = 0
+    for child in child_dirs(root)[:MAX_PROBED_FOLDERS]:
+        for folder in (child, *child_dirs(child)[:10]):
             found = _specific(folder)
             if found is not None:
                 return folder, *found
+            probed += 1
+            if probed >= MAX_PROBED_FOLDERS:
+                return None
     return None
 
 
@@ -167,7 +174,7 @@ def _contents(root: Path) -> str:
 
 def _files(root: Path) -> list[Path]:
     try:
-        return [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return [p for p in root.iterdir() if os.path.isfile(p) and not p.name.startswith(".")]
     except OSError:
         return []
 

@@ -6,7 +6,9 @@ decoded by libsndfile), with transcripts in `<split>/transcription/<same name>.t
 between text lines). File names are `BABEL_<phase>_<id>_<speaker>_<date>_<time>_<inLine|outLine>.sph`,
 one side of a call each: the 5-digit field names the call's speaker, and both sides of a call stay
 in one held-out group.
-The language comes from the pack id (`LANGUAGE_BY_PACK`), not from folder names. `dev` and `eval`
+The language comes from the pack id (`LANGUAGE_BY_PACK`, canonicalised like every other name, so
+Kurmanji is `ku` as Common Voice's `kmr` is), not from folder names; `--language-map` maps an id
+(`202<TAB>sw`) the table lacks. `dev` and `eval`
 are kept out unless `--include-splits` names them; `sub-train` (the limited-LP subset of `training`)
 is read only when `training` is absent, so no file is read twice.
 
@@ -15,10 +17,12 @@ ROOT is a pack or the folder holding packs; keys use `<pack>/<...>`.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, read_text_lines, relative
+from sharding.languages import canonical_tag
 
 # LDC packs extract to IARPA_BABEL_OP1_102/ (Lao: IARPA_Babel_203/, no phase); performers' builds to
 # IARPA-babel202b-v1.0d-build/BABEL_OP2_202/.
@@ -50,7 +54,7 @@ class BabelLayout:
         corpus = options.corpus_name(self.default_corpus)
         base = root.parent if root in pack_dirs(root) else root
         for pack in pack_dirs(root):
-            language = _pack_language(pack)
+            language = _pack_language(pack, found)
             for split_dir in _split_dirs(pack, found, options):
                 texts = split_dir / "transcription"
                 for path in found.audio_files(split_dir / "audio", "*"):
@@ -73,25 +77,25 @@ def pack_dirs(root: Path) -> list[Path]:
 
 
 def _kinds(pack: Path) -> list[Path]:
-    return [pack / kind for kind in ("conversational", "scripted") if (pack / kind).is_dir()]
+    return [pack / kind for kind in ("conversational", "scripted") if os.path.isdir(pack / kind)]
 
 
-def _pack_language(pack: Path) -> str:
+def _pack_language(pack: Path, found: Found) -> str:
+    """The pack id, which names the language: the table maps known ids to tags (a --language-map
+    entry for the id wins); an unknown id is kept as given and reported, so it can be mapped."""
     match = PACK_RE.search(pack.name)
     assert match is not None
     pack_id = match[1]
-    if pack_id not in LANGUAGE_BY_PACK:
-        raise ValueError(
-            f"{pack}: unknown BABEL language id {pack_id} (known: {', '.join(sorted(LANGUAGE_BY_PACK))}); "
-            "use --language-map or a manifest"
-        )
-    return LANGUAGE_BY_PACK[pack_id]
+    if pack_id in LANGUAGE_BY_PACK:
+        tag = canonical_tag(LANGUAGE_BY_PACK[pack_id]) or LANGUAGE_BY_PACK[pack_id]
+        found.names.overrides.setdefault(pack_id, tag)
+    return pack_id
 
 
 def _split_dirs(pack: Path, found: Found, options: ImportOptions) -> list[Path]:
     chosen = []
     for kind in _kinds(pack):
-        splits = {d.name: d for d in child_dirs(kind) if (d / "audio").is_dir()}
+        splits = {d.name: d for d in child_dirs(kind) if os.path.isdir(d / "audio")}
         for name, split_dir in sorted(splits.items()):
             evaluation = EVALUATION.get(name)
             if evaluation and not options.includes(evaluation):
@@ -105,7 +109,7 @@ def _split_dirs(pack: Path, found: Found, options: ImportOptions) -> list[Path]:
 
 def _transcript(path: Path) -> str | None:
     """The words of a BABEL transcript: text lines, without `[time]` lines and `<no-speech>` marks."""
-    if not path.is_file():
+    if not os.path.isfile(path):
         return None
     words = []
     for line in read_text_lines(path):

@@ -82,7 +82,7 @@ class Found:
         """Audio files under `directory` matching `pattern`, sorted; other files are counted."""
         files = []
         for path in sorted(directory.glob(pattern)):
-            if not path.is_file():
+            if not os.path.isfile(path):
                 continue
             suffix = path.suffix.lower()
             if suffix in AUDIO_SUFFIXES:

@@ -13,6 +13,7 @@ ROOT may be one language folder, a release folder, or the folder above one relea
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, read_tsv_dicts
@@ -49,25 +50,25 @@ class CommonVoiceLayout:
 
 def language_dirs(root: Path) -> list[Path]:
     """The language folders under ROOT (see the module docstring); ValueError for several releases."""
-    if (root / LIST_NAME).is_file():
+    if os.path.isfile(root / LIST_NAME):
         return [root]
-    languages = [d for d in child_dirs(root) if (d / LIST_NAME).is_file()]
+    languages = [d for d in child_dirs(root) if os.path.isfile(d / LIST_NAME)]
     if languages:
         return languages
-    releases = [d for d in child_dirs(root) if any((g / LIST_NAME).is_file() for g in child_dirs(d))]
+    releases = [d for d in child_dirs(root) if any(os.path.isfile(g / LIST_NAME) for g in child_dirs(d))]
     if len(releases) > 1:
         names = ", ".join(d.name for d in releases)
         raise ValueError(
             f"{root} holds several Common Voice releases ({names}): pass one of them as ROOT "
             "(the same clips would be sharded twice)"
         )
-    return [d for d in child_dirs(releases[0]) if (d / LIST_NAME).is_file()] if releases else []
+    return [d for d in child_dirs(releases[0]) if os.path.isfile(d / LIST_NAME)] if releases else []
 
 
 def _read_language(found: Found, language_dir: Path, corpus: str, options: ImportOptions) -> None:
     kept_out: dict[str, str] = {}  # clip -> its evaluation split
     for split, list_name in EVALUATION_LISTS.items():
-        if not options.includes(split) and (language_dir / list_name).is_file():
+        if not options.includes(split) and os.path.isfile(language_dir / list_name):
             for _, row in read_tsv_dicts(language_dir / list_name, ("path",)):
                 kept_out[row["path"].strip()] = split
     durations = _durations(language_dir / "clip_durations.tsv")
@@ -75,7 +76,7 @@ def _read_language(found: Found, language_dir: Path, corpus: str, options: Impor
     seen: set[str] = set()
     for list_name in lists:
         table = language_dir / list_name
-        if not table.is_file():
+        if not os.path.isfile(table):
             continue
         for line_no, row in read_tsv_dicts(table, required=("path",)):
             clip = row["path"].strip()
@@ -99,7 +100,7 @@ def _read_language(found: Found, language_dir: Path, corpus: str, options: Impor
 
 
 def _durations(table: Path) -> dict[str, float]:
-    if not table.is_file():
+    if not os.path.isfile(table):
         return {}
     durations = {}
     for _, row in read_tsv_dicts(table, required=("clip", "duration[ms]")):

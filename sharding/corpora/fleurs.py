@@ -13,6 +13,7 @@ ROOT is the folder holding the language folders, one of them, or a clone of the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, read_text_lines, relative
@@ -51,20 +52,20 @@ class FleursLayout:
 
 
 def _is_language_dir(directory: Path) -> bool:
-    return (directory / "audio").is_dir() and any((directory / f"{s}.tsv").is_file() for s in SPLITS)
+    return os.path.isdir(directory / "audio") and any(os.path.isfile(directory / f"{s}.tsv") for s in SPLITS)
 
 
 def language_dirs(root: Path) -> list[Path]:
     if _is_language_dir(root):
         return [root]
     found = [d for d in child_dirs(root) if _is_language_dir(d)]
-    if not found and (root / DATA).is_dir():  # a clone of the Hugging Face repository: data/<lang>/
+    if not found and os.path.isdir(root / DATA):  # a clone of the Hugging Face repository: data/<lang>/
         found = [d for d in child_dirs(root / DATA) if _is_language_dir(d)]
     return found
 
 
 def _transcripts(table: Path) -> dict[str, str]:
-    if not table.is_file():
+    if not os.path.isfile(table):
         return {}
     texts = {}
     for line in read_text_lines(table):

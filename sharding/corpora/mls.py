@@ -11,6 +11,7 @@ ROOT is the folder holding `mls_*` folders, or one of them; keys use `mls_<langu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, read_text_lines, relative
@@ -35,9 +36,10 @@ class MLSLayout:
     def read(self, root: Path, options: ImportOptions) -> Found:
         found = Found.start(self.name, options)
         corpus = options.corpus_name(self.default_corpus)
-        base = root.parent if root.name.startswith(PREFIX) else root
-        for release in _one_release_per_language(release_dirs(root), found):
-            language = release.name.removeprefix(PREFIX)
+        releases = release_dirs(root)
+        base = root.parent if releases == [root] else root
+        for release in _one_release_per_language(releases, found):
+            language = release.name.removeprefix(PREFIX).removesuffix(OPUS_SUFFIX)
             for split in SPLITS:
                 if split != "train" and not options.includes(split):
                     found.excluded_splits[split] += len(found.audio_files(release / split / "audio", "*/*/*"))
@@ -56,7 +58,7 @@ class MLSLayout:
 
 
 def release_dirs(root: Path) -> list[Path]:
-    if root.name.startswith(PREFIX) and any((root / split).is_dir() for split in SPLITS):
+    if root.name.startswith(PREFIX) and any(os.path.isdir(root / split) for split in SPLITS):
         return [root]
     return [d for d in child_dirs(root) if d.name.startswith(PREFIX)]
 
@@ -77,7 +79,7 @@ def _one_release_per_language(releases: list[Path], found: Found) -> list[Path]:
 
 
 def _transcripts(path: Path) -> dict[str, str]:
-    if not path.is_file():
+    if not os.path.isfile(path):
         return {}
     texts = {}
     for line in read_text_lines(path):

@@ -12,6 +12,7 @@ ROOT is the folder holding the language folders (or `train/`, and maybe `dev/`);
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, relative
@@ -36,7 +37,7 @@ class VoxLinguaLayout:
     def read(self, root: Path, options: ImportOptions) -> Found:
         found = Found.start(self.name, options)
         corpus = options.corpus_name(self.default_corpus)
-        train = root / TRAIN if (root / TRAIN).is_dir() else root
+        train = root / TRAIN if os.path.isdir(root / TRAIN) else root
         dev_languages = child_dirs(root / DEV)
         if not options.includes(DEV):
             found.excluded_splits[DEV] += sum(len(found.audio_files(d, "*")) for d in dev_languages)
@@ -52,9 +53,12 @@ class VoxLinguaLayout:
 
 def _first_files(directory: Path, limit: int = 5) -> list[Path]:
     files = []
-    for path in directory.iterdir():
-        if path.is_file():
-            files.append(path)
-            if len(files) >= limit:
-                break
+    try:
+        for path in directory.iterdir():
+            if os.path.isfile(path):
+                files.append(path)
+                if len(files) >= limit:
+                    break
+    except OSError:  # an unreadable folder (lost+found) is not a corpus
+        pass
     return files

@@ -13,6 +13,7 @@ name down (`raw_audios/fr/2019/<session>.ogg`), the same whichever is passed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sharding.corpora.base import Found, ImportOptions, child_dirs, relative
@@ -30,7 +31,7 @@ class VoxPopuliLayout:
     def detect(self, root: Path) -> str | None:
         if root.name in (SEGMENTED, SESSIONS):
             return f"a VoxPopuli {root.name}/ folder"
-        present = [name for name in (SEGMENTED, SESSIONS) if (root / name).is_dir()]
+        present = [name for name in (SEGMENTED, SESSIONS) if os.path.isdir(root / name)]
         return f"VoxPopuli download root ({', '.join(p + '/' for p in present)})" if present else None
 
     def read(self, root: Path, options: ImportOptions) -> Found:
@@ -59,11 +60,11 @@ class VoxPopuliLayout:
 
 
 def _chosen_folder(root: Path, found: Found) -> Path | None:
-    if (root / SEGMENTED).is_dir():
-        if (root / SESSIONS).is_dir():
+    if os.path.isdir(root / SEGMENTED):
+        if os.path.isdir(root / SESSIONS):
             found.notes.append(
                 f"read {SEGMENTED}/ only: {SESSIONS}/ holds the same sessions uncut "
                 f"(pass ROOT/{SESSIONS} to read those instead)"
             )
         return root / SEGMENTED
-    return root / SESSIONS if (root / SESSIONS).is_dir() else None
+    return root / SESSIONS if os.path.isdir(root / SESSIONS) else None

@@ -202,8 +202,10 @@ def shard_entry(
 
 
 def keys_digest(keys: Iterable[str]) -> str:
-    """What identifies a shard's utterances, whatever its path: 32 hex of SHA-256 over its sorted keys.
-    Two indexes listing a shard with the same digest list the same utterances."""
+    """What identifies a shard's utterances, whatever its path: 32 hex of SHA-256 over its sorted
+    keys (the writer passes `<key>:<hash of the encoded audio>`, so two corpora that happen to share
+    relative paths and names do not match). Two indexes listing a shard with the same digest list
+    the same utterances."""
     text = "\n".join(sorted(keys))
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 

@@ -159,8 +159,12 @@ class Mixer:
         for reader, reader_state in zip(self.readers, state["readers"], strict=True):
             reader.load_state_dict(reader_state)
         counts = np.array(state["streams"], dtype=np.int64).reshape(len(self.readers), -1)
-        if counts.shape[1] < len(STREAM_COUNTS):  # a state from before stored samples were counted
-            counts = np.concatenate([counts, counts[:, 1:2]], axis=1)
+        if counts.shape[1] < len(STREAM_COUNTS):
+            # A state from before crops were counted: its samples were stored ones. What the model saw
+            # is at most one crop per utterance of that.
+            stored = counts[:, 1:2]
+            seen = np.minimum(stored, counts[:, 0:1] * self.max_sample_size)
+            counts = np.concatenate([counts[:, 0:1], seen, counts[:, 2:3], stored], axis=1)
         self.stream_counts[:] = counts
 
     def close(self) -> None:
