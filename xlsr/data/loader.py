@@ -73,15 +73,13 @@ def stream_specs(
     usable = {key: group for key, group in groups.items() if sum(s.samples for s in group) > 0}
     if not usable:
         raise ValueError("no samples in the shards listed")
-    hours = {key: stream_seconds(group, crop_seconds) / 3600 for key, group in usable.items()}
+    shard_seconds = {
+        key: tuple(stream_seconds([s], crop_seconds) for s in group) for key, group in usable.items()
+    }
+    hours = {key: sum(seconds) / 3600 for key, seconds in shard_seconds.items()}
     hour_probs = upsampling_probabilities(hours, language_alpha, corpus_alpha)
     specs = [
-        StreamSpec(
-            f"{key[0]}/{key[1]}",
-            tuple(group),
-            hour_probs[key],
-            tuple(stream_seconds([shard], crop_seconds) for shard in group),
-        )
+        StreamSpec(f"{key[0]}/{key[1]}", tuple(group), hour_probs[key], shard_seconds[key])
         for key, group in sorted(usable.items())
     ]
     return specs, hours, hour_probs
