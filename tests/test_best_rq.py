@@ -45,7 +45,8 @@ def test_one_target_per_encoder_frame(num_samples):
 def test_mel_frames_cover_the_encoder_frames_samples():
     """Log-mel frame j covers samples [160 j, 160 j + 400): two per 320-sample encoder frame."""
     audio = torch.zeros(1, 4000)
-    audio[0, 1600:2000] = torch.randn(400)  # only mel frame 10 sees all of it
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(400) / 16_000)  # deterministic, flat envelope
+    audio[0, 1600:2000] = tone  # only mel frame 10 sees all of it, under its whole window
     energy = log_mel(audio, 80).exp().sum(-1)[0]
     assert energy.argmax().item() == 10 and energy.shape[0] == (4000 - 400) // 160 + 1
 
