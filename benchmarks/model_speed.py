@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from xlsr.config import load_config
-from xlsr.engine.flops import peak_flops
+from xlsr.hardware import peak_flops
 from xlsr.model import Wav2Vec2Model, compute_mask_indices, pretraining_loss, sample_negatives
 from xlsr.model.interop import hf_config_dict, to_hf_state_dict
 from xlsr.objectives.wav2vec2 import train_flops_per_crop

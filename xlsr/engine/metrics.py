@@ -19,7 +19,7 @@ import torch.distributed as dist
 from xlsr.config import SAMPLE_RATE, TrainConfig
 from xlsr.data.loader import SKIP_COUNTERS as DATA_SKIP_REASONS
 from xlsr.engine.distributed import DistEnv
-from xlsr.engine.flops import peak_flops
+from xlsr.hardware import peak_flops
 from xlsr.objectives import BITS, Objective
 
 # Device-side sums the engine keeps between logging intervals besides the objective's (its
@@ -118,6 +118,7 @@ def interval_metrics(s: dict[str, float], cfg: TrainConfig, world: int, elapsed:
         "frames_per_s": audio_seconds * cfg.model.frame_rate_hz / elapsed / world,
         "masked_frames_per_update": s["sample_size"] / updates,
         "crops_per_update": s["crops"] / updates,
+        "seconds_per_update": elapsed / updates,  # beside `xlsr plan`'s time_per_update_seconds
     }
 
 
