@@ -120,6 +120,11 @@ class Objective(Protocol):
         """Training FLOPs (3 × forward) for one utterance of ``crop_samples`` samples."""
         ...
 
+    def head_activation_bytes(self, crop_samples: int, compute_bytes: int) -> float:
+        """Bytes the head and loss keep for backward for one utterance (the encoder's are
+        `xlsr.model.activations`); ``compute_bytes`` is 2 under 16-bit autocast, 4 in fp32."""
+        ...
+
 
 def stuck_at_chance(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[str]:
     """The alarm every objective shares: its main loss still at chance level after warmup."""

@@ -242,3 +242,12 @@ class BestRQObjective:
         encoder, frames = encoder_forward_flops(self.model_cfg, crop_samples)
         head = 2 * self.model_cfg.encoder_embed_dim * self.cfg.num_codebooks * self.cfg.codebook_size
         return 3 * (encoder + frames * head)
+
+    def head_activation_bytes(self, crop_samples: int, compute_bytes: int) -> float:
+        """Per frame: the head's input (D), its logits (G·V) and the fp32 copy log-sum-exp keeps."""
+        frames = self.model_cfg.num_frames(crop_samples)
+        logits = self.cfg.num_codebooks * self.cfg.codebook_size
+        fp32_copy = 4 * logits if compute_bytes < 4 else 0
+        return frames * (
+            self.model_cfg.encoder_embed_dim * compute_bytes + logits * compute_bytes + fp32_copy
+        )

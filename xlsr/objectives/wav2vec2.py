@@ -113,6 +113,19 @@ class Wav2Vec2Objective:
     def flops_per_crop(self, crop_samples: int) -> float:
         return train_flops_per_crop(self.model_cfg, self.w2v2, crop_samples)
 
+    def head_activation_bytes(self, crop_samples: int, compute_bytes: int) -> float:
+        """The quantizer and contrastive loss run in fp32. Per frame: the unmasked features twice
+        (C), the codebook logits, probabilities and one-hot choice (3 × G·V), the projected target,
+        context and their norms (5 × final_dim), final_proj's input (D), the negatives' indices
+        (K × int64), the cosine logits and their mask ((K + 1) × 5) and a row of the utterance's
+        Gram matrix (T)."""
+        frames = self.model_cfg.num_frames(crop_samples)
+        conv_dim, dim = self.model_cfg.conv_feature_layers[-1][0], self.model_cfg.encoder_embed_dim
+        w2v2, codes = self.w2v2, self.w2v2.latent_groups * self.w2v2.latent_vars
+        per_frame = 4 * (2 * conv_dim + 3 * codes + 5 * w2v2.output_dim(dim) + dim + frames)
+        per_frame += 8 * w2v2.num_negatives + 5 * (w2v2.num_negatives + 1)
+        return frames * per_frame
+
 
 def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[str]:
     """Known failure signatures of wav2vec 2.0 pretraining (described in docs/training.md).
