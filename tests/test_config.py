@@ -386,7 +386,7 @@ def test_run_config_saved_before_the_objective_split_names_where_keys_went(tmp_p
     dumped = yaml.safe_load(dump_config(cfg))
     # the keys added since
     assert dumped["optim"].pop("batch_tokens") == 0 and dumped["data"].pop("valid") == []
-    assert dumped["data"].pop("max_open_shards") == 16
+    assert dumped["data"].pop("max_open_shards") == 16 and dumped["launcher"].pop("gpu") is None
     assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
     objective = dumped.pop("objective")
     assert objective["name"] == "wav2vec2" and objective["best_rq"] == dataclasses.asdict(BestRQConfig())
@@ -523,6 +523,11 @@ RULES = [
     ("launcher.time_min=0", "'launcher.time_min' must be >= 1, got 0"),
     ("launcher.mem_gb=0", "'launcher.mem_gb' must be >= 1, got 0"),
     ("launcher.max_requeues=-1", "'launcher.max_requeues' must be >= 0, got -1"),
+    (
+        "launcher.gpu=h900",
+        "'launcher.gpu' must be one of h200, h100, a100-80gb, a100-40gb, l40s, v100-32gb, "
+        "v100-16gb, got 'h900'",
+    ),
 ]
 
 DEEPSPEED = "distributed.backend=deepspeed"

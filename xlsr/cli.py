@@ -1,4 +1,4 @@
-"""The `xlsr` command: shard, stats, train, launch, export, import, probe, plot, demo.
+"""The `xlsr` command: shard, stats, plan, train, launch, export, import, probe, plot, demo.
 
 These subcommands and their flags are a contract with users' scripts: extend them, never rename.
 This module only parses arguments, calls the typed entry points (`xlsr.train`, `sharding.shard`,
@@ -46,6 +46,51 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
 
     check_data_sources(load_config(args.config, args.overrides).data)  # fail here, not in N processes
     return launch_local(args.nproc, ["--config", args.config, *args.overrides])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from xlsr.config import load_config
+    from xlsr.plan import PlanRequest, make_plan, plan_json, plan_text
+
+    cfg = load_config(args.config, args.overrides)
+    request = PlanRequest(
+        gpus=args.gpus, nodes=args.nodes, gpu=args.gpu, measured=args.measured, mfu=args.mfu,
+        decode_seconds=args.decode_seconds, storage_gbps=args.storage_gbps, max_passes=args.max_passes,
+    )  # fmt: skip
+    plan = make_plan(cfg, request)
+    print(json.dumps(plan_json(plan), indent=2) if args.json else plan_text(plan))
+    return 0
+
+
+def _add_plan_command(commands: argparse._SubParsersAction) -> None:
+    from xlsr.hardware import GPU_KEYS
+    from xlsr.plan.build import DEFAULT_GPU, DEFAULT_MAX_PASSES, DEFAULT_STORAGE_GBPS
+    from xlsr.plan.speed import DEFAULT_MFU
+
+    plan = commands.add_parser(
+        "plan", help="memory, speed, cost, data passes and loader cores of a run, before launching it"
+    )
+    _add_train_arguments(plan)
+    plan.add_argument("--gpus", type=int, required=True, help="GPUs in the job (the world size)")
+    plan.add_argument("--nodes", type=int, help="nodes (default: GPUs / launcher.gpus_per_node)")
+    plan.add_argument("--gpu", type=str.lower, choices=GPU_KEYS, help=f"the card (default {DEFAULT_GPU})")
+    plan.add_argument("--measured", help="gpu_check.json of `make gpu-check`: use its measured MFU")
+    plan.add_argument("--mfu", type=float, help=f"model FLOPs utilisation to assume (default {DEFAULT_MFU})")
+    plan.add_argument(
+        "--decode-seconds", type=float, default=3.0,
+        help="CPU seconds of decoding the shards to measure the loader's speed (0: a default rate)",
+    )  # fmt: skip
+    plan.add_argument(
+        "--storage-gbps", type=float, default=DEFAULT_STORAGE_GBPS, help="checkpoint write rate, GB/s"
+    )
+    plan.add_argument(
+        "--max-passes", type=float, default=DEFAULT_MAX_PASSES,
+        help="flag (corpus, language) streams repeated more often than this over the run",
+    )  # fmt: skip
+    plan.add_argument("--json", action="store_true", help="print one JSON object (keys name their units)")
+    plan.set_defaults(func=cmd_plan)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -164,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="hours per language before/after upsampling, with a plot")
     add_stats_arguments(stats)
     stats.set_defaults(func=run_stats)
+
+    _add_plan_command(commands)
 
     train = commands.add_parser("train", help="pretrain in this process (reads RANK/WORLD_SIZE if set)")
     _add_train_arguments(train)

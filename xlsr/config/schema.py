@@ -262,6 +262,9 @@ class LauncherConfig:
     exclude: str | None = None
     mem_gb: int | None = None
     max_requeues: int = 20
+    # The GPU model (a key of xlsr.hardware.GPUS, e.g. h100): `xlsr plan` and the memory check of
+    # `xlsr launch slurm` use it; None means h100, said so in the plan.
+    gpu: str | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from xlsr.config.schema import MEL_HOP_SAMPLES, ConfigError, DistributedConfig, TrainConfig
+from xlsr.hardware import GPU_KEYS
 
 # A rule: (holds for the value?, what the value must be).
 Rule = tuple[Callable[[Any], bool], str]
@@ -114,6 +115,7 @@ RANGES: dict[str, Rule] = {
     "launcher.time_min": at_least(1),
     "launcher.mem_gb": at_least(1),
     "launcher.max_requeues": at_least(0),
+    "launcher.gpu": (lambda v: v in GPU_KEYS, f"must be one of {', '.join(GPU_KEYS)}"),
 }
 
 # Cross-field orderings: (key, relation, other key).
