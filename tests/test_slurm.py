@@ -32,10 +32,10 @@ pytest_plugins = ["slurm_fixtures"]  # the session's cluster: fixtures `slurm`, 
 
 
 @pytest.fixture
-def data_train(skewed_index) -> str:
+def data_train(demo_index) -> str:
     """A training set for launches that must get past the data checks (`xlsr launch slurm` refuses an
-    empty data.train before submitting)."""
-    return f"data.train=[{skewed_index}]"
+    empty data.train, and data its plan finds unusable, before submitting)."""
+    return f"data.train=[{demo_index}]"
 
 
 @pytest.fixture

@@ -120,6 +120,10 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHELL_LINE",
         help="shell line run before srun, e.g. 'module load cuda/12.4' or 'export NCCL_DEBUG=WARN'",
     )
+    parser.add_argument("--gpu", type=str.lower, help="GPU model for the plan's memory check (launcher.gpu)")
+    parser.add_argument(
+        "--force", action="store_true", help="submit even when the plan says the run does not fit in memory"
+    )
     parser.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -166,11 +170,13 @@ def launch_request_from_args(args: argparse.Namespace) -> LaunchRequest:
         exclude=args.exclude,
         mem_gb=args.mem,
         max_requeues=args.max_requeues,
+        gpu=args.gpu,
         signal_delay_s=args.signal_delay_s,
         job_name=args.job_name,
         setup=tuple(args.setup),
         sbatch=tuple(args.sbatch),
         allow_config_change=args.allow_config_change,
+        force=args.force,
         dry_run=args.dry_run,
     )
 
@@ -216,6 +222,10 @@ def run_launch_slurm(args: argparse.Namespace) -> int:
     if request.dry_run:
         print(dry_run_text(plan))
         return 0
+    if plan.plan is not None:
+        from xlsr.plan import summary_paragraph
+
+        print(summary_paragraph(plan.plan))
     try:
         job_id = submit_launch(plan)
     except LaunchError as exc:

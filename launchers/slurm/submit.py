@@ -35,6 +35,7 @@ from xlsr.run_dir import CONFIG_NAME
 
 if TYPE_CHECKING:
     from xlsr.config import LauncherConfig, TrainConfig
+    from xlsr.plan import Plan
 
 # Fields that may change between submissions of the same run (resources, and how far to train).
 MUTABLE_FIELDS = ("launcher", "stop_at_update")
@@ -62,11 +63,13 @@ class LaunchRequest:
     exclude: str | None = None
     mem_gb: int | None = None
     max_requeues: int | None = None
+    gpu: str | None = None  # the GPU model, for the plan's memory check (launcher.gpu)
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
     job_name: str | None = None  # default xlsr-<run dir name>
     setup: tuple[str, ...] = ()
     sbatch: SbatchExtras = ()
     allow_config_change: bool = False
+    force: bool = False  # submit even when the plan says it does not fit in GPU memory
     dry_run: bool = False
 
 
@@ -78,6 +81,7 @@ class LaunchPlan:
     run_dir: Path
     resources: JobResources
     notes: tuple[str, ...] = ()  # things the user should know (printed before submitting)
+    plan: Plan | None = None  # memory, speed and data of the run (None for CPU-only jobs)
 
     @property
     def folder(self) -> Path:
@@ -100,7 +104,34 @@ def plan_launch(request: LaunchRequest) -> LaunchPlan:
     notes = run_dir_notes(cfg, run_dir, request.allow_config_change)
     note = check_request(cfg.launcher.partition, resources.request, request.dry_run)
     check_active_job(run_dir)
-    return LaunchPlan(cfg, run_dir, resources, tuple(notes + ([note] if note else [])))
+    plan = run_plan(cfg, resources, request.force)
+    return LaunchPlan(cfg, run_dir, resources, tuple(notes + ([note] if note else [])), plan)
+
+
+# CPU seconds of decoding the shards on the login node, for the plan's loader figures.
+LAUNCH_DECODE_SECONDS = 1.0
+
+
+def run_plan(cfg: TrainConfig, resources: JobResources, force: bool) -> Plan | None:
+    """The plan of a GPU job; a job that cannot fit in GPU memory is refused unless ``force``."""
+    from xlsr.hardware import GIB
+    from xlsr.plan import PlanError, PlanRequest, make_plan
+
+    if resources.gpus_per_node == 0:
+        return None
+    gpus = resources.nodes * resources.tasks_per_node
+    request = PlanRequest(gpus, resources.nodes, cfg.launcher.gpu, decode_seconds=LAUNCH_DECODE_SECONDS)
+    try:
+        plan = make_plan(cfg, request)
+    except PlanError as exc:
+        raise LaunchError(str(exc)) from None
+    if not plan.fits and not force:
+        would = f"; it would fit with: {'; or '.join(plan.suggestions)}" if plan.suggestions else ""
+        raise LaunchError(
+            f"the run does not fit in GPU memory: {plan.memory.device_total / GIB:.1f} GiB per GPU "
+            f"needed, {plan.gpu.memory_bytes / GIB:.1f} GiB on {plan.gpu.key}{would}; --force submits anyway"
+        )
+    return plan
 
 
 def resolve_config(request: LaunchRequest) -> TrainConfig:
@@ -276,4 +307,11 @@ def dry_run_text(plan: LaunchPlan) -> str:
         "# ---- sbatch script ----",
         render_sbatch(plan.folder, r),
     ]
+    if plan.plan is not None:
+        from xlsr.plan import plan_text
+
+        lines[1:1] = [
+            "# ---- plan (xlsr plan) ----",
+            *(f"# {line}" for line in plan_text(plan.plan).splitlines()),
+        ]
     return "\n".join(lines)
