@@ -68,6 +68,8 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     history = next(wandb_dir.glob("run-*.wandb")).read_bytes()
     assert b"train/loss_contrastive" in history and b"train/mfu" not in history  # no MFU on CPU
     assert b"valid/valid_loss_contrastive" in history and b"data/realised_share" in history
+    assert b"time_per_update_seconds" in history  # `xlsr plan`'s figures, in the run config
+    assert "plan: " in result.stdout + result.stderr
     assert "update 150/150" in (wandb_dir / "files" / "output.log").read_text()
     assert f"checkpoint:      {summary['checkpoint']}" in text
     # the checkpoint exports to a directory that Hugging Face transformers loads, with the same outputs

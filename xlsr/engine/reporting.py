@@ -56,7 +56,7 @@ def wandb_run_id(run_dir: Path) -> str:
 class WandbLogger:
     """A W&B run (online, offline or none). W&B is an observer: if it fails, training goes on."""
 
-    def __init__(self, cfg: TrainConfig, run_id: str | None):
+    def __init__(self, cfg: TrainConfig, run_id: str | None, plan: dict[str, Any] | None = None):
         self.run = None
         if cfg.logging.wandb_mode == "disabled" or not run_id:
             return
@@ -70,7 +70,7 @@ class WandbLogger:
             resume="allow",
             dir=cfg.run_dir,
             mode=cfg.logging.wandb_mode,
-            config=to_dict(cfg),
+            config=to_dict(cfg) | ({"plan": plan} if plan else {}),
         )
 
     @property
@@ -170,11 +170,17 @@ class Reporter:
     """Everything the trainer shows or records; a silent no-op on ranks other than 0."""
 
     def __init__(
-        self, cfg: TrainConfig, objective: Objective, is_main: bool, first_step: int, run_id: str | None
+        self,
+        cfg: TrainConfig,
+        objective: Objective,
+        is_main: bool,
+        first_step: int,
+        run_id: str | None,
+        plan: dict[str, Any] | None = None,  # `xlsr plan`'s figures, for the W&B run config
     ):
         self.cfg, self.objective, self.enabled = cfg, objective, is_main
         self.history = RunSummary(Path(cfg.run_dir))
-        self.wandb = WandbLogger(cfg, run_id) if is_main else None
+        self.wandb = WandbLogger(cfg, run_id, plan) if is_main else None
         self.progress = tqdm(
             total=cfg.last_update,
             initial=first_step,

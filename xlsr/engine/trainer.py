@@ -120,8 +120,9 @@ class Trainer:
             self.close()
             return TrainResult(status="preempted", step=self.state.step, checkpoint=self.resume_from)
         result = TrainResult(status="finished", step=self.state.step, checkpoint=self.resume_from)
+        plan = _plan_figures(self.cfg, self.env) if self.env.is_main else None
         reporter = Reporter(
-            self.cfg, self.objective, self.env.is_main, self.state.step, self.state.wandb_run_id
+            self.cfg, self.objective, self.env.is_main, self.state.step, self.state.wandb_run_id, plan
         )
         result.wandb_dir = reporter.wandb_dir
         if self.env.is_main:
@@ -270,6 +271,22 @@ def _log_effective_batch(cfg: TrainConfig, world_size: int) -> None:
     else:
         log.info("effective batch %.3f h of audio per update (%d rank(s) × update_freq %d × max_tokens %d)",
                  hours, world_size, cfg.optim.update_freq, cfg.data.max_tokens)  # fmt: skip
+
+
+def _plan_figures(cfg: TrainConfig, env: DistEnv) -> dict | None:
+    """`xlsr plan`'s figures for this run (logged as one paragraph, kept in the W&B config). The plan
+    is advice: a failure to make one is a warning, never a stop."""
+    from xlsr.plan import plan_json, summary_paragraph
+    from xlsr.plan.build import plan_of_run
+
+    name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
+    try:
+        plan = plan_of_run(cfg, env.world_size, name)
+    except Exception as exc:
+        log.warning("no plan for this run (%s)", exc)
+        return None
+    log.info("%s", summary_paragraph(plan))
+    return plan_json(plan)
 
 
 def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None:
