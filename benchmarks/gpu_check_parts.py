@@ -44,17 +44,18 @@ from xlsr.data.stages import Batch  # noqa: E402
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
 from xlsr.engine.trainer import Trainer  # noqa: E402
 from xlsr.fileio import atomic_write_text  # noqa: E402
+from xlsr.objectives import build_objective  # noqa: E402
+from xlsr.plan.memory import ParameterCounts, estimate_memory, largest_fitting_crops  # noqa: E402
 from xlsr.process import StopRequest  # noqa: E402
 
 PARTS = ("model_speed", "training", "host_overhead", "max_batch")
 CROP = 20 * SAMPLE_RATE  # XLS-R's 20 s crops
 # An 80 GB H100 as `nvidia-smi` reports it (81,559 MiB); the allocator gets this minus the context.
 H100_80GB_BYTES = 81_559 * 2**20
+
+
 # Seconds of audio per micro-batch that fit on 80 GB with activation checkpointing, by the analytic
 # memory model (docs/performance.md): where the capacity search starts.
-ANALYTIC_AC_SECONDS = {"0.3B": 1730, "1B": 1240, "2B": 780}
-
-
 @dataclasses.dataclass
 class Context:
     out: Path
@@ -454,21 +455,34 @@ def _search_model(ctx: Context, name: str, config: str, capacity, full_card) -> 
             probe(1)
             probe(2)
             return {"model": f"tiny (as {name})", "probe_steps": 2, "seconds": time.perf_counter() - started}
-        guess = max(2, ANALYTIC_AC_SECONDS[name] // 20)
+        counts = ParameterCounts.of(build_objective(cfg))
+        guess = max(2, largest_fitting_crops(cfg, 1, capacity, counts))  # `xlsr plan`'s memory model
         result = largest_fitting(probe, max(1, guess // 4), max(2, guess // 2), capacity, full_card)
     finally:
         release(holder["trainer"])
+
+    return {"model": name, **_search_row(result, cfg, counts), "seconds": time.perf_counter() - started}
+
+
+def _search_row(result: SearchResult, cfg, counts: ParameterCounts) -> dict:
+    """The search's figures, and `xlsr plan`'s memory model beside every measured peak (to calibrate
+    it on a GPU: docs/planning.md)."""
+
+    def model_gib(crops: int) -> float:
+        return estimate_memory(cfg, 1, "cuda", crops=crops, counts=counts).allocated / 2**30
+
+    largest, peak = result.largest_fitting, result.peak_at_largest
     return {
-        "model": name,
-        "largest_fitting_crops": result.largest_fitting,
-        "largest_fitting_audio_s": None if result.largest_fitting is None else 20 * result.largest_fitting,
+        "largest_fitting_crops": largest,
+        "largest_fitting_audio_s": None if largest is None else 20 * largest,
         "smallest_failing_crops": result.smallest_failing,
-        "peak_at_largest_gib": None if result.peak_at_largest is None else result.peak_at_largest / 2**30,
+        "peak_at_largest_gib": None if peak is None else peak / 2**30,
         "predicted_full_card_audio_s": None
         if result.predicted_full_card is None
         else 20 * result.predicted_full_card,
-        "probes": [[n, None if p is None else p / 2**30] for n, p in result.probes],
-        "seconds": time.perf_counter() - started,
+        "model_peak_at_largest_gib": None if largest is None else model_gib(largest),
+        "model_vs_measured": None if largest is None or not peak else model_gib(largest) * 2**30 / peak,
+        "probes": [[n, None if p is None else p / 2**30, model_gib(n)] for n, p in result.probes],
     }
 
 

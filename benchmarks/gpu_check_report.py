@@ -108,7 +108,9 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         [("model", "model", _text), ("largest fitting, s of audio", "largest_fitting_audio_s", _text),
          ("crops", "largest_fitting_crops", _text), ("peak GiB", "peak_at_largest_gib", _num(".1f")),
          ("first failing crops", "smallest_failing_crops", _text),
-         ("predicted for the whole card, s", "predicted_full_card_audio_s", _text)],
+         ("predicted for the whole card, s", "predicted_full_card_audio_s", _text),
+         ("xlsr plan's peak GiB", "model_peak_at_largest_gib", _num(".1f")),
+         ("plan / measured", "model_vs_measured", _num(".2f"))],
     ),
     "host_overhead": (
         "5. Host overhead per update: tiny model, one repeated pinned batch",

@@ -31,7 +31,7 @@ from xlsr.process import StopRequest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check_parts import largest_fitting  # noqa: E402
+from gpu_check_parts import _search_row, largest_fitting  # noqa: E402
 from test_gpu import one_process_group, tiny_config  # noqa: E402
 
 aten = torch.ops.aten
@@ -228,6 +228,21 @@ def test_search_steps_down_when_even_the_first_size_fails():
     assert result.largest_fitting == 3 and result.smallest_failing == 4
     none_fits, _ = linear_peak(50.0, 3.0, limit=20.0)
     assert largest_fitting(none_fits, 2, 4, capacity=100.0).largest_fitting is None
+
+
+def test_search_rows_put_the_memory_model_beside_every_measured_peak():
+    from xlsr.config import load_config
+    from xlsr.objectives import build_objective
+    from xlsr.plan.memory import ParameterCounts, estimate_memory
+
+    cfg = load_config("configs/xlsr_300m.yaml", ["distributed.activation_checkpointing=layers"])
+    counts = ParameterCounts.of(build_objective(cfg))
+    probe, _ = linear_peak(8 * 2**30, 0.5 * 2**30)
+    row = _search_row(largest_fitting(probe, 4, 8, capacity=60 * 2**30), cfg, counts)
+    model = estimate_memory(cfg, 1, "cuda", crops=row["largest_fitting_crops"], counts=counts).allocated
+    assert row["model_peak_at_largest_gib"] == pytest.approx(model / 2**30)
+    assert row["model_vs_measured"] == pytest.approx(model / 2**30 / row["peak_at_largest_gib"])
+    assert all(len(entry) == 3 and entry[2] > 0 for entry in row["probes"])  # crops, measured, model
 
 
 # --------------------------------------------------------------------------------------------------
