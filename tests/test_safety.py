@@ -287,6 +287,14 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(demo_index, refe
     assert training_metrics(run_dir) == training_metrics(reference)
 
 
+def test_the_command_line_parser_imports_no_torch():
+    """`xlsr train` installs its stop handlers after parsing, before torch: a parser that imported
+    torch (seconds) would leave a SIGTERM during that time to the default handler."""
+    check = "import sys; from xlsr.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("when", ["importing", "building"])
 def test_a_stop_signal_during_start_up_exits_75(demo_index, tmp_path, when):
     """While torch is imported, or while the model and data stream are built."""

@@ -52,9 +52,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
     from xlsr.config import load_config
+    from xlsr.data.sources import check_data_sources
     from xlsr.plan import PlanRequest, make_plan, plan_json, plan_text
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.train:  # an index listed twice, or shared with data.valid, is refused as by `train`
+        check_data_sources(cfg.data)
     request = PlanRequest(
         gpus=args.gpus, nodes=args.nodes, gpu=args.gpu, measured=args.measured, mfu=args.mfu,
         decode_seconds=args.decode_seconds, storage_gbps=args.storage_gbps, max_passes=args.max_passes,
@@ -66,8 +69,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _add_plan_command(commands: argparse._SubParsersAction) -> None:
     from xlsr.hardware import GPU_KEYS
-    from xlsr.plan.build import DEFAULT_GPU, DEFAULT_MAX_PASSES, DEFAULT_STORAGE_GBPS
-    from xlsr.plan.speed import DEFAULT_MFU
+    from xlsr.plan.request import DEFAULT_GPU, DEFAULT_MFU, PlanRequest
+
+    defaults = PlanRequest(gpus=1)
 
     plan = commands.add_parser(
         "plan", help="memory, speed, cost, data passes and loader cores of a run, before launching it"
@@ -75,18 +79,23 @@ def _add_plan_command(commands: argparse._SubParsersAction) -> None:
     _add_train_arguments(plan)
     plan.add_argument("--gpus", type=int, required=True, help="GPUs in the job (the world size)")
     plan.add_argument("--nodes", type=int, help="nodes (default: GPUs / launcher.gpus_per_node)")
-    plan.add_argument("--gpu", type=str.lower, choices=GPU_KEYS, help=f"the card (default {DEFAULT_GPU})")
+    plan.add_argument(
+        "--gpu",
+        type=str.lower,
+        choices=GPU_KEYS,
+        help=f"the card (default: launcher.gpu, else {DEFAULT_GPU})",
+    )
     plan.add_argument("--measured", help="gpu_check.json of `make gpu-check`: use its measured MFU")
     plan.add_argument("--mfu", type=float, help=f"model FLOPs utilisation to assume (default {DEFAULT_MFU})")
     plan.add_argument(
-        "--decode-seconds", type=float, default=3.0,
+        "--decode-seconds", type=float, default=defaults.decode_seconds,
         help="CPU seconds of decoding the shards to measure the loader's speed (0: a default rate)",
     )  # fmt: skip
     plan.add_argument(
-        "--storage-gbps", type=float, default=DEFAULT_STORAGE_GBPS, help="checkpoint write rate, GB/s"
+        "--storage-gbps", type=float, default=defaults.storage_gbps, help="checkpoint write rate, GB/s"
     )
     plan.add_argument(
-        "--max-passes", type=float, default=DEFAULT_MAX_PASSES,
+        "--max-passes", type=float, default=defaults.max_passes,
         help="flag (corpus, language) streams repeated more often than this over the run",
     )  # fmt: skip
     plan.add_argument("--json", action="store_true", help="print one JSON object (keys name their units)")
