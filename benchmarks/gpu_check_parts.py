@@ -44,18 +44,23 @@ from xlsr.data.stages import Batch  # noqa: E402
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
 from xlsr.engine.trainer import Trainer  # noqa: E402
 from xlsr.fileio import atomic_write_text  # noqa: E402
+from xlsr.hardware import gpu_spec  # noqa: E402
 from xlsr.objectives import build_objective  # noqa: E402
-from xlsr.plan.memory import ParameterCounts, estimate_memory, largest_fitting_crops  # noqa: E402
+from xlsr.plan.memory import (  # noqa: E402
+    ParameterCounts,
+    Ranks,
+    estimate_memory,
+    full_crops,
+    largest_fitting_crops,
+)
 from xlsr.process import StopRequest  # noqa: E402
 
 PARTS = ("model_speed", "training", "host_overhead", "max_batch")
 CROP = 20 * SAMPLE_RATE  # XLS-R's 20 s crops
-# An 80 GB H100 as `nvidia-smi` reports it (81,559 MiB); the allocator gets this minus the context.
-H100_80GB_BYTES = 81_559 * 2**20
+# An 80 GB H100 as `nvidia-smi` reports it; the allocator gets this minus the context.
+H100_80GB_BYTES = gpu_spec("h100").memory_bytes
 
 
-# Seconds of audio per micro-batch that fit on 80 GB with activation checkpointing, by the analytic
-# memory model (docs/performance.md): where the capacity search starts.
 @dataclasses.dataclass
 class Context:
     out: Path
@@ -456,7 +461,8 @@ def _search_model(ctx: Context, name: str, config: str, capacity, full_card) -> 
             probe(2)
             return {"model": f"tiny (as {name})", "probe_steps": 2, "seconds": time.perf_counter() - started}
         counts = ParameterCounts.of(build_objective(cfg))
-        guess = max(2, largest_fitting_crops(cfg, 1, capacity, counts))  # `xlsr plan`'s memory model
+        # A first guess from `xlsr plan`'s memory model (which also counts the context the capacity excludes).
+        guess = max(2, largest_fitting_crops(cfg, Ranks(1, 1), capacity, counts))
         result = largest_fitting(probe, max(1, guess // 4), max(2, guess // 2), capacity, full_card)
     finally:
         release(holder["trainer"])
@@ -469,7 +475,7 @@ def _search_row(result: SearchResult, cfg, counts: ParameterCounts) -> dict:
     it on a GPU: docs/planning.md)."""
 
     def model_gib(crops: int) -> float:
-        return estimate_memory(cfg, 1, "cuda", crops=crops, counts=counts).allocated / 2**30
+        return estimate_memory(cfg, Ranks(1, 1), "cuda", full_crops(cfg, crops), counts).allocated / 2**30
 
     largest, peak = result.largest_fitting, result.peak_at_largest
     return {

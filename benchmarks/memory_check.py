@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from gpu_check_parts import RepeatedBatch  # noqa: E402
 from xlsr.config import SAMPLE_RATE, load_config  # noqa: E402
 from xlsr.engine.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
 from xlsr.engine.trainer import Trainer  # noqa: E402
-from xlsr.plan.memory import estimate_memory  # noqa: E402
+from xlsr.plan.memory import Ranks, estimate_memory, full_crops  # noqa: E402
 from xlsr.process import StopRequest  # noqa: E402
 
 MEASURED_UPDATE = "memory-check: measured update"
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )  # fmt: skip
             measured = measure_peak(cfg, env, args.crops)
-        predicted = estimate_memory(cfg, env.world_size, env.device.type, crops=args.crops)
+        ranks = Ranks(env.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
+        predicted = estimate_memory(cfg, ranks, env.device.type, batch=full_crops(cfg, args.crops))
     finally:
         shutdown()
     result = {

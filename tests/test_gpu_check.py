@@ -233,13 +233,14 @@ def test_search_steps_down_when_even_the_first_size_fails():
 def test_search_rows_put_the_memory_model_beside_every_measured_peak():
     from xlsr.config import load_config
     from xlsr.objectives import build_objective
-    from xlsr.plan.memory import ParameterCounts, estimate_memory
+    from xlsr.plan.memory import ParameterCounts, Ranks, estimate_memory, full_crops
 
     cfg = load_config("configs/xlsr_300m.yaml", ["distributed.activation_checkpointing=layers"])
     counts = ParameterCounts.of(build_objective(cfg))
     probe, _ = linear_peak(8 * 2**30, 0.5 * 2**30)
     row = _search_row(largest_fitting(probe, 4, 8, capacity=60 * 2**30), cfg, counts)
-    model = estimate_memory(cfg, 1, "cuda", crops=row["largest_fitting_crops"], counts=counts).allocated
+    batch = full_crops(cfg, row["largest_fitting_crops"])
+    model = estimate_memory(cfg, Ranks(1, 1), "cuda", batch, counts).allocated
     assert row["model_peak_at_largest_gib"] == pytest.approx(model / 2**30)
     assert row["model_vs_measured"] == pytest.approx(model / 2**30 / row["peak_at_largest_gib"])
     assert all(len(entry) == 3 and entry[2] > 0 for entry in row["probes"])  # crops, measured, model

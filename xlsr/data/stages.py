@@ -200,13 +200,11 @@ class Bucketer:
 
     def __init__(self, source: Callable[[], Item], cfg: DataConfig):
         self.source, self.cfg = source, cfg
-        edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
-        self.edges = np.ceil(edges).astype(np.int64)
+        self.edges = bucket_edges(cfg)
         self.buckets: list[list[Item]] = [[] for _ in range(cfg.num_buckets)]
 
     def _bucket_of(self, sample: RawSample) -> int:
-        index = int(np.searchsorted(self.edges, crop_length(sample, self.cfg)))
-        return min(index, len(self.edges) - 1)
+        return bucket_of(self.edges, crop_length(sample, self.cfg))
 
     def __call__(self) -> list[Item]:
         while True:
@@ -228,6 +226,17 @@ class Bucketer:
 
     def restore(self, refs: list[list[SampleRef]], samples: dict[SampleRef, RawSample]) -> None:
         self.buckets = [[(tuple(ref), samples[tuple(ref)]) for ref in bucket] for bucket in refs]
+
+
+def bucket_edges(cfg: DataConfig) -> np.ndarray:
+    """The longest crop (samples) each bucket holds: ``num_buckets`` equal steps up to the longest crop.
+    A bucket with edge e holds ⌊max_tokens / e⌋ utterances."""
+    edges = np.linspace(cfg.min_sample_size, cfg.max_sample_size, cfg.num_buckets + 1)[1:]
+    return np.ceil(edges).astype(np.int64)
+
+
+def bucket_of(edges: np.ndarray, crop_samples: int) -> int:
+    return min(int(np.searchsorted(edges, crop_samples)), len(edges) - 1)
 
 
 def crop_length(sample: RawSample, cfg: DataConfig) -> int:

@@ -16,9 +16,9 @@ GroupNorm run in fp32 and keep an fp32 copy of their input.
 - Transformer layer per frame (Korthikanti et al., arXiv 2205.05198, with FlashAttention's
   recomputed scores): fp32 LayerNorm inputs (2D × 4), the normalised inputs to QKV and fc1, Q, K, V,
   the attention output (6D × b) and fc1's output and GELU's (2F × b); post-LN keeps the normalised
-  residual too (2D × b); each active dropout keeps a 1-byte mask. PyTorch's CPU kernels fall back to
-  math attention when attention dropout is on: then the T × T scores, mask and dropped scores stay
-  (3 × H × T × 4 bytes per frame).
+  residual too (2D × b); the residual dropouts and activation dropout keep 1-byte masks. PyTorch's
+  CPU kernels fall back to math attention when attention dropout is on: then the T × T scores, mask
+  and dropped scores stay (3 × H × T × 4 bytes per frame).
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def layer_bytes_per_frame(cfg: ModelConfig, frames: int, compute_bytes: int, dev
     kept = 2 * dim * FP32 + (6 * dim + 2 * ffn) * b
     if not cfg.layer_norm_first:
         kept += 2 * dim * b
-    kept += dim * ((cfg.dropout > 0) + (cfg.attention_dropout > 0)) + ffn * (cfg.activation_dropout > 0)
+    # 1-byte masks: dropout after attention and after the FFN, and activation dropout inside it
+    # (attention dropout keeps none: FlashAttention regenerates it; the CPU's math kernel is below).
+    kept += 2 * dim * (cfg.dropout > 0) + ffn * (cfg.activation_dropout > 0)
     if device_type == "cpu" and cfg.attention_dropout > 0:
         kept += 3 * cfg.encoder_attention_heads * frames * FP32
     return kept

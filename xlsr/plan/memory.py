@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from xlsr.config import TrainConfig
+from xlsr.config import TrainConfig, for_world_size
+from xlsr.data.stages import bucket_edges
 from xlsr.hardware import CONTEXT_GIB, GIB
 from xlsr.model.activations import encoder_activations
 from xlsr.objectives import Objective, build_objective
@@ -55,11 +56,29 @@ class ParameterCounts:
 
 
 @dataclass(frozen=True)
+class Ranks:
+    """The ranks of a job: all of them, and those on one node (FSDP's hybrid sharding shards over
+    the ranks of a node)."""
+
+    world: int
+    per_node: int
+
+    @classmethod
+    def single_node(cls, world: int) -> Ranks:
+        return cls(world, world)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    crops: int
+    crop_samples: int
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes on one rank at the peak of an update, by what holds them."""
 
-    crops: int  # utterances per micro-batch, each of the recipe's crop length
-    crop_samples: int
+    batch: MicroBatch
     parameters: float
     optimizer: float
     gradients: float
@@ -67,7 +86,7 @@ class MemoryEstimate:
     activations: float
     transient: float  # the optimizer step's temporaries (0 when backward is the peak)
     peak_phase: str  # "start of backward", "end of backward" or "optimizer step"
-    context: float  # outside the allocator (0 on a CPU)
+    on_gpu: bool  # adds the allocator's headroom and the CUDA context
 
     @property
     def allocated(self) -> float:
@@ -76,8 +95,12 @@ class MemoryEstimate:
 
     @property
     def headroom(self) -> float:
-        """The caching allocator's reserve above the allocated peak (on a GPU)."""
-        return ALLOCATOR_HEADROOM * self.allocated if self.context else 0.0
+        """The caching allocator's reserve above the allocated peak."""
+        return ALLOCATOR_HEADROOM * self.allocated if self.on_gpu else 0.0
+
+    @property
+    def context(self) -> float:
+        return CONTEXT_GIB * GIB if self.on_gpu else 0.0
 
     @property
     def device_total(self) -> float:
@@ -95,9 +118,13 @@ def compute_bytes(cfg: TrainConfig) -> int:
     return FP32 if cfg.distributed.precision == "fp32" else 2
 
 
-def micro_batch_crops(cfg: TrainConfig) -> int:
-    """Crops of ``data.max_sample_size`` in a micro-batch of the longest bucket (the worst case)."""
-    return max(1, cfg.data.max_tokens // cfg.data.max_sample_size)
+def full_crops(cfg: TrainConfig, crops: int) -> MicroBatch:
+    return MicroBatch(crops, cfg.data.max_sample_size)
+
+
+def bucket_micro_batches(cfg: TrainConfig) -> list[MicroBatch]:
+    """The fullest micro-batch of each bucket: ⌊max_tokens / e⌋ crops of its longest length e."""
+    return [MicroBatch(max(1, cfg.data.max_tokens // int(e)), int(e)) for e in bucket_edges(cfg.data)]
 
 
 def checkpointed_layers(cfg: TrainConfig) -> int:
@@ -115,56 +142,64 @@ class BackwardActivations:
 
 
 def activation_bytes(
-    cfg: TrainConfig, objective: Objective, crops: int, device_type: str
+    cfg: TrainConfig, objective: Objective, batch: MicroBatch, device_type: str
 ) -> BackwardActivations:
-    """Activations of ``crops`` crops of ``data.max_sample_size`` at the two peaks of backward."""
-    samples, b = cfg.data.max_sample_size, compute_bytes(cfg)
+    """Activations of ``batch`` at the two peaks of backward."""
+    samples, b = batch.crop_samples, compute_bytes(cfg)
     acts = encoder_activations(cfg.model, samples, b, device_type)
     ckpt_layers = checkpointed_layers(cfg)
     ckpt_conv = cfg.distributed.activation_checkpointing == "layers+conv"
     kept = acts.total(cfg.model.encoder_layers, ckpt_layers, ckpt_conv)
     kept += objective.head_activation_bytes(samples, b)
     recomputed = acts.layer if ckpt_layers else 0.0  # one checkpointed layer is re-run at a time
-    batch = crops * samples * (FP32 + 1)  # the fp32 batch and its padding mask
+    inputs = batch.crops * samples * (FP32 + 1)  # the fp32 batch and its padding mask
     return BackwardActivations(
-        start=crops * (kept + recomputed) + acts.per_micro_batch + batch,
+        start=batch.crops * (kept + recomputed) + acts.per_micro_batch + inputs,
         # A checkpointed conv encoder is recomputed whole for its backward, so this phase is the same.
-        conv=crops * (acts.conv + 2 * acts.conv_block_output) + acts.conv_workspace + batch,
+        conv=batch.crops * (acts.conv + 2 * acts.conv_block_output) + acts.conv_workspace + inputs,
     )
 
 
 def estimate_memory(
     cfg: TrainConfig,
-    world_size: int,
+    ranks: Ranks,
     device_type: str = "cuda",
-    crops: int | None = None,
+    batch: MicroBatch | None = None,
     counts: ParameterCounts | None = None,
 ) -> MemoryEstimate:
-    """The peak of one rank training ``cfg`` on ``world_size`` ranks (``crops`` per micro-batch:
-    default ``data.max_tokens // data.max_sample_size``)."""
+    """The peak of one rank training ``cfg`` on ``ranks``, for ``batch`` (default: the fullest
+    micro-batch of the bucket that needs the most)."""
     objective = build_objective(cfg)
     counts = counts or ParameterCounts.of(objective)
-    crops = crops or micro_batch_crops(cfg)
-    states = backend_states(cfg, counts, world_size)
-    acts = activation_bytes(cfg, objective, crops, device_type)
+    batches = [batch] if batch is not None else bucket_micro_batches(cfg)
+    estimates = [_estimate(cfg, objective, ranks, device_type, b, counts) for b in batches]
+    return max(estimates, key=lambda estimate: estimate.allocated)
+
+
+def _estimate(
+    cfg: TrainConfig, objective: Objective, ranks: Ranks, device_type: str, batch: MicroBatch, counts
+) -> MemoryEstimate:
+    states = backend_states(cfg, counts, ranks)
+    acts = activation_bytes(cfg, objective, batch, device_type)
+    # Accumulating micro-batches keep the gradients from the first backward on.
+    accumulated = states.gradients if cfg.optim.update_freq > 1 else 0.0
     # (phase, gradients, backend buffers, activations, temporaries) at each candidate peak
     phases = [
-        ("start of backward", 0.0, states.start_buffers, acts.start, 0.0),
+        ("start of backward", accumulated, states.start_buffers, acts.start, 0.0),
         ("end of backward", states.gradients, states.end_buffers, acts.conv, 0.0),
         ("optimizer step", states.gradients, 0.0, 0.0, states.step_temporaries),
     ]
     phase, gradients, buffers, activations, temporaries = max(phases, key=lambda p: sum(p[1:]))
     return MemoryEstimate(
-        crops=crops,
-        crop_samples=cfg.data.max_sample_size,
+        batch=batch,
         parameters=states.parameters,
         optimizer=states.optimizer,
-        gradients=gradients,
+        gradients=states.persistent_gradients + gradients,
         backend_buffers=states.persistent_buffers + buffers,
         activations=activations,
         transient=temporaries,
         peak_phase=phase,
-        context=CONTEXT_GIB * GIB if device_type == "cuda" else 0.0,
+        on_gpu=device_type == "cuda",
     )
 
 
@@ -172,6 +207,7 @@ def estimate_memory(
 class BackendStates:
     parameters: float
     optimizer: float
+    persistent_gradients: float  # DeepSpeed's 16-bit gradients, always allocated
     persistent_buffers: float
     start_buffers: float  # beside the activations as backward starts
     end_buffers: float  # beside the conv encoder's activations late in backward
@@ -179,19 +215,21 @@ class BackendStates:
     step_temporaries: float
 
 
-def backend_states(cfg: TrainConfig, counts: ParameterCounts, world_size: int) -> BackendStates:
+def backend_states(cfg: TrainConfig, counts: ParameterCounts, ranks: Ranks) -> BackendStates:
     dist, p, b = cfg.distributed, counts.total, compute_bytes(cfg)
     if dist.backend == "ddp":
         autocast_copies = b * p if b < FP32 else 0.0
-        return BackendStates(FP32 * p, 8 * p, FP32 * p, autocast_copies, autocast_copies, FP32 * p, FP32 * p)
+        return BackendStates(
+            FP32 * p, 8 * p, 0.0, FP32 * p, autocast_copies, autocast_copies, FP32 * p, FP32 * p
+        )
     if dist.backend == "fsdp":
-        shard = world_size if dist.fsdp_sharding == "full" else min(cfg.launcher.gpus_per_node, world_size)
+        shard = ranks.world if dist.fsdp_sharding == "full" else ranks.per_node
         # The root stays unsharded from forward to the end of backward; two layers are gathered at a
         # time (the one running and the prefetched one), in the compute dtype.
         start = (counts.root + 2 * counts.largest_layer) * b
         sharded = FP32 * p / shard
-        return BackendStates(sharded, 2 * sharded, 0.0, start, counts.root * b, sharded, sharded)
-    return _deepspeed_states(cfg, counts, world_size)
+        return BackendStates(sharded, 2 * sharded, 0.0, 0.0, start, counts.root * b, sharded, sharded)
+    return _deepspeed_states(cfg, counts, ranks.world)
 
 
 def _deepspeed_states(cfg: TrainConfig, counts: ParameterCounts, world_size: int) -> BackendStates:
@@ -201,27 +239,32 @@ def _deepspeed_states(cfg: TrainConfig, counts: ParameterCounts, world_size: int
     grads = b * p / world_size if stage >= 2 else b * p
     live = (counts.root + 2 * counts.largest_layer) * b if stage == 3 else 0.0
     master = 16 * p / world_size  # fp32 weights, gradients and both moments, partitioned
-    return BackendStates(params + grads, master, bucket, live, live, 0.0, FP32 * p / world_size)
+    return BackendStates(params, master, grads, bucket, live, live, 0.0, FP32 * p / world_size)
 
 
-def total_by_checkpointing(cfg: TrainConfig, world_size: int, counts: ParameterCounts) -> dict[str, float]:
-    """Bytes per GPU at the config's micro-batch for each activation checkpointing mode."""
+def total_by_checkpointing(cfg: TrainConfig, ranks: Ranks, counts: ParameterCounts) -> dict[str, float]:
+    """Bytes per GPU at the config's micro-batches for each activation checkpointing mode."""
     return {
         mode: estimate_memory(
-            with_overrides(cfg, distributed={"activation_checkpointing": mode}), world_size, counts=counts
+            with_overrides(cfg, distributed={"activation_checkpointing": mode}), ranks, counts=counts
         ).device_total
         for mode in ("none", "layers", "layers+conv")
     }
 
 
 def largest_fitting_crops(
-    cfg: TrainConfig, world_size: int, capacity: float, counts: ParameterCounts, limit: int = 100_000
+    cfg: TrainConfig, ranks: Ranks, capacity: float, counts: ParameterCounts, limit: int = 100_000
 ) -> int:
-    """The most crops per micro-batch whose peak fits ``capacity`` bytes (0: not even one)."""
+    """The largest n such that ``data.max_tokens`` = n full crops fits ``capacity`` bytes in every
+    bucket (shorter buckets hold more crops, up to the same tokens); 0 when not even one does."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_memory(cfg, world_size, crops=mid, counts=counts).device_total <= capacity:
+        # optim.batch_tokens derives update_freq from max_tokens: more micro-batches accumulate gradients
+        tokens = for_world_size(
+            with_overrides(cfg, data={"max_tokens": mid * cfg.data.max_sample_size}), ranks.world
+        )
+        if estimate_memory(tokens, ranks, counts=counts).device_total <= capacity:
             lo = mid
         else:
             hi = mid - 1
