@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from run_helpers import ENV, ROOT
 
 from xlsr.cli import main as xlsr_main
@@ -20,6 +21,7 @@ from xlsr.objectives import build_objective
 from xlsr.plan import PlanRequest, make_plan
 from xlsr.plan.build import plan_of_run
 from xlsr.plan.data import plan_data, read_train_shards
+from xlsr.plan.memory import ParameterCounts, Ranks, estimate_memory, full_crops, with_overrides
 
 RECIPES = {"xlsr_300m": 317.4e6, "xlsr_1b": 965.5e6, "xlsr_2b": 2162.9e6}
 
@@ -55,18 +57,32 @@ def test_plan_of_the_xlsr_recipes(recipe, demo_index, capsys):
     total_seen = plan["audio_hours_per_update"] * plan["updates"]
     for row in languages.values():
         assert row["hours_seen"] == pytest.approx(row["sampled_share"] * total_seen)
-        assert row["passes"] == pytest.approx(row["hours_seen"] / row["hours"])
+        assert row["passes"] == pytest.approx(row["hours_seen"] / row["visible_hours"])
         assert row["over_max_passes"] == (row["passes"] > plan["max_passes"])
     assert languages["mt"]["passes"] > languages["en"]["passes"]  # upsampled: the smallest repeats most
     assert plan["loader_cores_per_gpu"] > 0 and plan["decode_source"].startswith("measured on")
     assert plan["checkpoint_size_gib"] == pytest.approx(12 * plan["parameters"] / 2**30)
 
 
+def test_plan_without_data_by_hand(capsys):
+    """0.3B on 128 H100s at 35 %, every utterance a full 20 s crop: 1.9M tokens hold 5 crops per GPU."""
+    plan = plan_json(capsys, "--config", "configs/xlsr_300m.yaml", "--gpus", "128", "--gpu", "h100")
+    crops = 5 * 128  # update_freq 1: batch_tokens 243.2M = 128 × 1.9M
+    assert plan["config"]["update_freq"] == 1 and plan["audio_hours_per_update"] == pytest.approx(
+        crops * 20 / 3600
+    )
+    flops = crops * build_objective(load_config("configs/xlsr_300m.yaml", [])).flops_per_crop(320_000)
+    assert plan["time_per_update_seconds"] == pytest.approx(flops / (128 * 989.4e12 * 0.35))
+    assert plan["checkpoints"] == 40 and plan["effective_batch_upper_bound_hours"] == pytest.approx(
+        243.2e6 / 16e3 / 3600
+    )
+
+
 def test_plan_text_names_its_assumptions(capsys):
     assert xlsr_main(["plan", "--config", "configs/xlsr_1b.yaml", "--gpus", "128", "--mfu", "0.4"]) == 0
     text = capsys.readouterr().out
     assert "965.5M parameters" in text and "fits" in text and "GPU-hours" in text
-    assert "GPU: h100 (default; pass --gpu)" in text and "MFU 40%: given (--mfu)" in text
+    assert "GPU: h100 (default; pass --gpu or set launcher.gpu)" in text and "MFU 40%: given (--mfu)" in text
     assert "no data.train given" in text
 
 
@@ -87,8 +103,13 @@ def test_measured_mfu_from_a_gpu_check_report(tmp_path, capsys):
     path.write_text(json.dumps(report))
     plan = plan_json(capsys, "--config", "configs/xlsr_300m.yaml", "--gpus", "8", "--measured", str(path))
     assert plan["mfu"] == 0.41 and "training of 0.3B, activation checkpointing none" in plan["mfu_source"]
+    layers = "distributed.activation_checkpointing=layers"
+    plan = plan_json(
+        capsys, "--config", "configs/xlsr_300m.yaml", "--gpus", "8", "--measured", str(path), layers
+    )
+    assert plan["mfu"] == 0.37  # the row with the same activation checkpointing, not the best one
     plan = plan_json(capsys, "--config", "configs/xlsr_2b.yaml", "--gpus", "8", "--measured", str(path))
-    assert plan["mfu"] == 0.52  # the nearest size measured with the same checkpointing
+    assert plan["mfu"] == 0.52  # the nearest size measured
     path.write_text(json.dumps({**report, "dry_run": True}))
     assert (
         xlsr_main(["plan", "--config", "configs/xlsr_300m.yaml", "--gpus", "8", "--measured", str(path)]) == 2
@@ -125,17 +146,11 @@ def test_a_plan_that_does_not_fit_says_what_would(capsys):
     assert "distributed.activation_checkpointing=layers" in suggestions
     fitting_tokens = plan["largest_micro_batch_crops"] * plan["config"]["max_sample_size"]
     assert f"data.max_tokens={fitting_tokens}" in suggestions
-    # the suggested max_tokens does fit
-    smaller = plan_json(
-        capsys,
-        "--config",
-        "configs/xlsr_2b.yaml",
-        "--gpus",
-        "16",
-        too_big[0],
-        f"data.max_tokens={fitting_tokens}",
-    )
-    assert smaller["fits"] and smaller["micro_batch_crops"] == plan["largest_micro_batch_crops"]
+    # the suggested max_tokens fits, and one crop more does not
+    config = ["--config", "configs/xlsr_2b.yaml", "--gpus", "16", too_big[0]]
+    assert plan_json(capsys, *config, f"data.max_tokens={fitting_tokens}")["fits"]
+    one_more = fitting_tokens + plan["config"]["max_sample_size"]
+    assert not plan_json(capsys, *config, f"data.max_tokens={one_more}")["fits"]
 
 
 def test_predicted_micro_batch_matches_the_loader(demo_index):
@@ -154,11 +169,57 @@ def test_predicted_micro_batch_matches_the_loader(demo_index):
         assert predicted.crops == pytest.approx(crops, rel=0.05)
 
 
-def test_the_plan_of_a_starting_run_uses_its_gpu():
+def test_the_card_is_the_flag_then_launcher_gpu_then_h100():
     cfg = load_config("configs/xlsr_300m.yaml", ["launcher.gpu=a100-80gb"])
-    assert plan_of_run(cfg, 8, "NVIDIA H200").gpu.key == "h200"
-    assert plan_of_run(cfg, 8, None).gpu.key == "a100-80gb"  # a CPU run, or an unlisted card
-    assert make_plan(cfg, PlanRequest(8, decode_seconds=0)).gpu.key == "h100"  # the request's default
+    assert plan_of_run(cfg, 8, 8, "NVIDIA H200").gpu.key == "h200"  # a run: the card it runs on
+    assert plan_of_run(cfg, 8, 8, None).gpu.key == "a100-80gb"  # a CPU run, or an unlisted card
+    assert make_plan(cfg, PlanRequest(8, gpu="l40s", decode_seconds=0)).gpu.key == "l40s"
+    assert make_plan(cfg, PlanRequest(8, decode_seconds=0)).gpu.key == "a100-80gb"
+    plain = load_config("configs/xlsr_300m.yaml", [])
+    assert make_plan(plain, PlanRequest(8, decode_seconds=0)).gpu.key == "h100"
+
+
+def test_hybrid_sharding_shards_over_the_ranks_of_a_node():
+    cfg = load_config("configs/xlsr_1b.yaml", ["distributed.fsdp_sharding=hybrid"])
+    counts = ParameterCounts.of(build_objective(cfg))
+    hybrid = estimate_memory(cfg, Ranks(16, 2), counts=counts)
+    assert (
+        hybrid.parameters == pytest.approx(4 * counts.total / 2) and hybrid.optimizer == 2 * hybrid.parameters
+    )
+    full = with_overrides(cfg, distributed={"fsdp_sharding": "full"})
+    assert estimate_memory(full, Ranks(16, 2), counts=counts).parameters == pytest.approx(
+        4 * counts.total / 16
+    )
+
+
+def test_the_fullest_bucket_sets_the_memory():
+    """1.9M tokens: 5 crops of 20 s (1.6M samples), but 18 crops of the 6.5 s bucket (1.872M)."""
+    cfg = load_config("configs/xlsr_300m.yaml", [])
+    worst = estimate_memory(cfg, Ranks.single_node(8))
+    assert (worst.batch.crops, worst.batch.crop_samples) == (18, 104_000)
+    assert worst.allocated > estimate_memory(cfg, Ranks.single_node(8), batch=full_crops(cfg, 5)).allocated
+
+
+def test_accumulated_gradients_count_from_the_first_micro_batch():
+    cfg = load_config("configs/base.yaml", ["distributed.backend=ddp", "optim.batch_tokens=0"])
+    one, two = (
+        estimate_memory(with_overrides(cfg, optim={"update_freq": n}), Ranks.single_node(1)) for n in (1, 2)
+    )
+    assert one.peak_phase == two.peak_phase == "start of backward"
+    assert two.allocated - one.allocated == pytest.approx(4 * ParameterCounts.of(build_objective(cfg)).total)
+
+
+def test_a_failing_plan_never_stops_training(monkeypatch, caplog):
+    from xlsr.engine import trainer
+    from xlsr.engine.distributed import DistEnv
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the plan")
+
+    monkeypatch.setattr("xlsr.plan.build.plan_of_run", broken)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert trainer._plan_figures(load_config("configs/tiny.yaml", []), env) is None
+    assert "no plan for this run (RuntimeError: a bug in the plan)" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +232,8 @@ MEMORY_CASES = [
     ("configs/tiny.yaml", 1, 4, ["distributed.backend=ddp", "distributed.activation_checkpointing=layers"]),
     ("configs/tiny.yaml", 2, 4, ["distributed.backend=fsdp"]),
     ("configs/base.yaml", 2, 4, ["distributed.backend=ddp", "distributed.precision=fp32"]),
+    ("configs/base.yaml", 1, 3, ["distributed.backend=ddp", "distributed.precision=fp32",
+                                 "optim.update_freq=2"]),
     ("configs/base.yaml", 1, 6, ["distributed.backend=fsdp", "distributed.precision=bf16"]),
     ("configs/base.yaml", 1, 6, ["distributed.backend=fsdp", "distributed.precision=fp32",
                                  "distributed.activation_checkpointing=layers"]),
@@ -213,16 +276,33 @@ def launch(run_dir: Path, index: Path, *extra: str) -> list[str]:
     return ["launch", "slurm", *config, *extra]
 
 
-def test_launch_refuses_a_run_that_does_not_fit_unless_forced(no_slurm, demo_index, tmp_path, capsys):
-    too_big = ["distributed.activation_checkpointing=none", "data.max_tokens=12800000"]
-    args = launch(tmp_path / "run", demo_index, *too_big, "--nodes", "2", "--gpus-per-node", "8", "--dry-run")
-    assert xlsr_main(args) == 2
+TOO_BIG = ["distributed.activation_checkpointing=none", "data.max_tokens=12800000"]
+
+
+def test_launch_refuses_a_run_that_does_not_fit_unless_forced(
+    no_slurm, demo_index, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("launchers.slurm.submit.check_request", lambda *args: None)  # no cluster here
+    submitted = []
+    monkeypatch.setattr("launchers.slurm.cli.submit_launch", lambda plan: submitted.append(plan) or "4242")
+    args = launch(tmp_path / "run", demo_index, *TOO_BIG, "--nodes", "2", "--gpus-per-node", "8")
+    assert xlsr_main(args) == 2 and not submitted
     err = capsys.readouterr().err.strip()
     assert "does not fit in GPU memory" in err and "--force" in err and len(err.splitlines()) == 1
     assert "distributed.activation_checkpointing=layers" in err
-    assert xlsr_main([*args, "--force"]) == 0
+    assert xlsr_main([*args, "--force"]) == 0 and len(submitted) == 1
     out = capsys.readouterr().out
+    # the summary comes before the submission's lines
+    assert out.index("plan: 2,162.9M parameters on 16 × h100") < out.index("submitted job 4242")
+    assert "DOES NOT FIT" in out
+
+
+def test_dry_run_of_a_run_that_does_not_fit_shows_the_plan(no_slurm, demo_index, tmp_path, capsys):
+    args = launch(tmp_path / "run", demo_index, *TOO_BIG, "--nodes", "2", "--gpus-per-node", "8", "--dry-run")
+    assert xlsr_main(args) == 0
+    out, err = capsys.readouterr()
     assert "# ---- plan (xlsr plan) ----" in out and "DOES NOT FIT" in out
+    assert "(a submission would be refused)" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -27,6 +27,7 @@ from launchers.slurm.submit import (
     submitted_text,
 )
 from xlsr.config import ConfigError
+from xlsr.hardware import GPU_KEYS
 from xlsr.process import USER_ERROR_EXIT_CODE
 
 if TYPE_CHECKING:
@@ -120,7 +121,9 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHELL_LINE",
         help="shell line run before srun, e.g. 'module load cuda/12.4' or 'export NCCL_DEBUG=WARN'",
     )
-    parser.add_argument("--gpu", type=str.lower, help="GPU model for the plan's memory check (launcher.gpu)")
+    parser.add_argument(
+        "--gpu", type=str.lower, choices=GPU_KEYS, help="GPU model for the plan's memory check (launcher.gpu)"
+    )
     parser.add_argument(
         "--force", action="store_true", help="submit even when the plan says the run does not fit in memory"
     )

@@ -104,34 +104,43 @@ def plan_launch(request: LaunchRequest) -> LaunchPlan:
     notes = run_dir_notes(cfg, run_dir, request.allow_config_change)
     note = check_request(cfg.launcher.partition, resources.request, request.dry_run)
     check_active_job(run_dir)
-    plan = run_plan(cfg, resources, request.force)
-    return LaunchPlan(cfg, run_dir, resources, tuple(notes + ([note] if note else [])), plan)
+    plan, plan_note = run_plan(cfg, resources, request.force, request.dry_run)
+    notes += [text for text in (note, plan_note) if text]
+    return LaunchPlan(cfg, run_dir, resources, tuple(notes), plan)
 
 
 # CPU seconds of decoding the shards on the login node, for the plan's loader figures.
 LAUNCH_DECODE_SECONDS = 1.0
 
 
-def run_plan(cfg: TrainConfig, resources: JobResources, force: bool) -> Plan | None:
-    """The plan of a GPU job; a job that cannot fit in GPU memory is refused unless ``force``."""
+def run_plan(
+    cfg: TrainConfig, resources: JobResources, force: bool, dry_run: bool
+) -> tuple[Plan | None, str | None]:
+    """The plan of a GPU job and a note for the user. A job that cannot fit in GPU memory is refused
+    unless ``force`` (a dry run shows its plan and says it would be refused)."""
     from xlsr.hardware import GIB
     from xlsr.plan import PlanError, PlanRequest, make_plan
 
     if resources.gpus_per_node == 0:
-        return None
+        return None, None
     gpus = resources.nodes * resources.tasks_per_node
     request = PlanRequest(gpus, resources.nodes, cfg.launcher.gpu, decode_seconds=LAUNCH_DECODE_SECONDS)
     try:
         plan = make_plan(cfg, request)
     except PlanError as exc:
         raise LaunchError(str(exc)) from None
-    if not plan.fits and not force:
-        would = f"; it would fit with: {'; or '.join(plan.suggestions)}" if plan.suggestions else ""
-        raise LaunchError(
-            f"the run does not fit in GPU memory: {plan.memory.device_total / GIB:.1f} GiB per GPU "
-            f"needed, {plan.gpu.memory_bytes / GIB:.1f} GiB on {plan.gpu.key}{would}; --force submits anyway"
-        )
-    return plan
+    except Exception as exc:  # the plan is advice: a bug in it must not block a launch
+        return None, f"no plan ({type(exc).__name__}: {exc})"
+    if plan.fits or force:
+        return plan, None
+    would = f"; it would fit with: {'; or '.join(plan.suggestions)}" if plan.suggestions else ""
+    refusal = (
+        f"the run does not fit in GPU memory: {plan.memory.device_total / GIB:.1f} GiB per GPU needed, "
+        f"{plan.gpu.memory_bytes / GIB:.1f} GiB on {plan.gpu.key}{would}; --force submits anyway"
+    )
+    if dry_run:
+        return plan, f"{refusal} (a submission would be refused)"
+    raise LaunchError(refusal)
 
 
 def resolve_config(request: LaunchRequest) -> TrainConfig:

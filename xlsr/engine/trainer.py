@@ -18,6 +18,7 @@ train state and RNGs (`xlsr.engine.state`), the data stream (`xlsr.data.loader`)
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -279,14 +280,15 @@ def _plan_figures(cfg: TrainConfig, env: DistEnv) -> dict | None:
     from xlsr.plan import plan_json, summary_paragraph
     from xlsr.plan.build import plan_of_run
 
-    name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
     try:
-        plan = plan_of_run(cfg, env.world_size, name)
-    except Exception as exc:
-        log.warning("no plan for this run (%s)", exc)
+        name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        plan = plan_of_run(cfg, env.world_size, per_node, name)
+        log.info("%s", summary_paragraph(plan))
+        return plan_json(plan)
+    except Exception as exc:  # advice only: whatever went wrong, training goes on
+        log.warning("no plan for this run (%s: %s)", type(exc).__name__, exc)
         return None
-    log.info("%s", summary_paragraph(plan))
-    return plan_json(plan)
 
 
 def _init_from_weights(cfg: TrainConfig, objective: Objective) -> Weights | None:

@@ -15,16 +15,16 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
 from xlsr.config import SAMPLE_RATE, DataConfig
 from xlsr.data.loader import stream_specs
 from xlsr.data.shard_format import ShardInfo, is_local, read_index
+from xlsr.data.stages import bucket_edges, bucket_of
 from xlsr.plan.errors import PlanError
 
 # Bytes per second of 16 kHz mono FLAC speech (compression about 0.6 of 16-bit PCM); used for the
 # storage bandwidth when the shards' sizes cannot be read.
 DEFAULT_FLAC_BYTES_PER_SECOND = 20_500
+SIZE_SAMPLE = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,10 @@ def plan_data(data: DataConfig, shards: tuple[ShardInfo, ...]) -> DataPlan:
         crops = max(1, data.max_tokens // data.max_sample_size)
         full = BatchShape(crops * crop_seconds, crops, 1.0, False)
         return DataPlan((), full, (), DEFAULT_FLAC_BYTES_PER_SECOND, "assumed FLAC")
-    specs, hours, probs = stream_specs(shards, data.language_alpha, data.corpus_alpha, crop_seconds)
+    try:
+        specs, hours, probs = stream_specs(shards, data.language_alpha, data.corpus_alpha, crop_seconds)
+    except ValueError as exc:
+        raise PlanError(f"{exc} (data.train={data.train})") from None
     total = sum(hours.values())
     streams = []
     for spec in specs:
@@ -101,7 +104,7 @@ def with_run_totals(plan: DataPlan, audio_hours: float) -> DataPlan:
 def batch_shape(data: DataConfig, specs) -> BatchShape:
     """Expected audio and crops per micro-batch over the draw distribution (module docstring)."""
     crop, shortest = data.max_sample_size / SAMPLE_RATE, data.min_sample_size / SAMPLE_RATE
-    edges = np.ceil(np.linspace(data.min_sample_size, data.max_sample_size, data.num_buckets + 1)[1:])
+    edges = bucket_edges(data)
     weight_sum = audio = batches = stored = 0.0
     for spec in specs:
         visible = sum(spec.shard_seconds)
@@ -110,8 +113,8 @@ def batch_shape(data: DataConfig, specs) -> BatchShape:
                 continue  # dropped by the loader as too short
             weight = spec.hour_prob / visible * count  # draws of these utterances
             seen = min(mean, crop)
-            edge = edges[min(int(np.searchsorted(edges, seen * SAMPLE_RATE)), len(edges) - 1)]
-            per_batch = max(1, data.max_tokens // int(edge))
+            edge = int(edges[bucket_of(edges, round(seen * SAMPLE_RATE))])
+            per_batch = max(1, data.max_tokens // edge)
             weight_sum += weight
             audio += weight * seen
             stored += weight * mean
@@ -136,8 +139,10 @@ def _length_bins(shards: tuple[ShardInfo, ...]) -> list[tuple[int, float]]:
 
 
 def _bytes_per_stored_second(shards: tuple[ShardInfo, ...]) -> tuple[float, str]:
+    """From the sizes of up to SIZE_SAMPLE local shards spread over the list (a stat each: cheap
+    here, slow for every shard of a large set on a network filesystem)."""
     sizes, seconds = 0, 0.0
-    for shard in shards:
+    for shard in shards[:: max(1, len(shards) // SIZE_SAMPLE)]:
         if is_local(shard.url) and os.path.isfile(shard.url):
             sizes += os.path.getsize(shard.url)
             seconds += shard.seconds

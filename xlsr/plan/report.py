@@ -6,9 +6,10 @@ contract with users' scripts: add keys, never rename them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from xlsr.config import SAMPLE_RATE
+from xlsr.config import SAMPLE_RATE, effective_batch_hours
 from xlsr.hardware import GIB
 from xlsr.plan.build import Plan
 
@@ -23,7 +24,8 @@ def _fit_text(plan: Plan) -> str:
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     return (
         f"{m.device_total / GIB:.1f} of {card:.1f} GiB per GPU ({verdict}; up to {plan.largest_crops} "
-        f"crops of {crop_s:g} s per micro-batch, the config has {m.crops})"
+        f"crops of {crop_s:g} s per micro-batch; the config's fullest has {m.batch.crops} of "
+        f"{m.batch.crop_samples / SAMPLE_RATE:g} s)"
     )
 
 
@@ -84,7 +86,7 @@ def _memory_lines(plan: Plan) -> list[str]:
 
 def _speed_lines(plan: Plan) -> list[str]:
     s, cfg = plan.speed, plan.cfg
-    bound = cfg.data.max_tokens * plan.world_size * cfg.optim.update_freq / SAMPLE_RATE / 3600
+    bound = effective_batch_hours(cfg, plan.world_size)
     return [
         f"speed at MFU {s.mfu.value:.0%} ({s.mfu.source}) of {s.peak_flops_per_gpu / 1e12:,.1f} "
         "TFLOP/s per GPU:",
@@ -102,7 +104,7 @@ def _data_lines(plan: Plan) -> list[str]:
         return ["data: no data.train given (add 'data.train=[INDEX]' for hours and passes per language)"]
     width = max([12, *(len(s.corpus) + 2 for s in streams)])
     header = (
-        f"  {'corpus':<{width}}{'language':<10}{'hours':>12}{'natural':>9}{'sampled':>9}"
+        f"  {'corpus':<{width}}{'language':<10}{'visible h':>12}{'natural':>9}{'sampled':>9}"
         f"{'seen h':>14}{'passes':>14}"
     )
     lines = [f"data ({len(streams)} streams; passes = hours drawn / hours the model can see):", header]
@@ -124,7 +126,7 @@ def _loader_lines(plan: Plan) -> list[str]:
         f"launcher.cpus_per_task {cpus}); storage read {loader.read_mb_per_s_per_node:,.0f} MB/s per node",
     ]
     if loader.cores_per_gpu > loader.workers_per_gpu:
-        lines.append(f"  warning: raise data.num_workers to at least {int(loader.cores_per_gpu) + 1}")
+        lines.append(f"  warning: raise data.num_workers to at least {math.ceil(loader.cores_per_gpu)}")
     return lines
 
 
@@ -138,7 +140,6 @@ def _checkpoint_lines(plan: Plan) -> list[str]:
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     s, m, loader, cfg = plan.speed, plan.memory, plan.loader, plan.cfg
-    upper_bound = cfg.data.max_tokens * plan.world_size * cfg.optim.update_freq / SAMPLE_RATE / 3600
     return {
         "config": {
             "backend": cfg.distributed.backend,
@@ -162,14 +163,15 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             mode: total / GIB for mode, total in plan.memory_by_checkpointing.items()
         },
         "fits": plan.fits,
-        "micro_batch_crops": m.crops,
+        "micro_batch_crops": m.batch.crops,
+        "micro_batch_crop_seconds": m.batch.crop_samples / SAMPLE_RATE,
         "largest_micro_batch_crops": plan.largest_crops,
         "largest_micro_batch_audio_seconds": plan.largest_crops * cfg.data.max_sample_size / SAMPLE_RATE,
         "suggestions": list(plan.suggestions),
         "mfu": s.mfu.value,
         "mfu_source": s.mfu.source,
         "audio_hours_per_update": s.audio_seconds_per_update / 3600,
-        "effective_batch_upper_bound_hours": upper_bound,
+        "effective_batch_upper_bound_hours": effective_batch_hours(cfg, plan.world_size),
         "time_per_update_seconds": s.time_per_update_s,
         "updates": s.updates,
         "training_hours": s.training_hours,
@@ -195,7 +197,7 @@ def _stream_json(stream, max_passes: float) -> dict[str, Any]:
         "corpus": stream.corpus,
         "language": stream.language,
         "stored_hours": stream.stored_hours,
-        "hours": stream.visible_hours,
+        "visible_hours": stream.visible_hours,
         "natural_share": stream.natural_share,
         "sampled_share": stream.sampled_share,
         "hours_seen": stream.hours_seen,

@@ -3,7 +3,7 @@
 time per update = FLOPs per update / (GPUs × peak FLOP/s × MFU), FLOPs per update being the
 objective's own training count (3 × forward) for the expected crops of an update. The MFU is the
 one the GPU check measured for the nearest model size (``--measured gpu_check.json``), a given one
-(``--mfu``), or ``DEFAULT_MFU``: a target, not a measurement.
+(``--mfu``), or ``xlsr.plan.request.DEFAULT_MFU``: a target, not a measurement.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 from xlsr.config import SAMPLE_RATE
 from xlsr.plan.errors import PlanError
 
-DEFAULT_MFU = 0.35
 # The GPU check's model names and their parameter counts (xlsr/config/presets.py).
 CHECKED_MODELS = {"BASE": 95.0e6, "0.3B": 317.4e6, "1B": 965.5e6, "2B": 2162.9e6}
 
@@ -37,12 +36,8 @@ def measured_mfu(path: str | Path, parameters: int, checkpointing: str) -> Mfu:
         raise PlanError(f"--measured {path}: not a readable gpu_check.json ({exc})") from None
     if not isinstance(report, dict) or report.get("dry_run"):
         raise PlanError(f"--measured {path}: not a GPU check's report (or a --cpu-dry-run one)")
-    parts = report.get("parts", {})
-    training = [row for row in parts.get("training", {}).get("rows", []) if row.get("mfu")]
-    speed = [
-        row for row in parts.get("model_speed", {}).get("rows", [])
-        if row.get("mfu") and row.get("contender") == "xlsr"
-    ]  # fmt: skip
+    training = [row for row in _rows(report, "training") if row.get("mfu")]
+    speed = [row for row in _rows(report, "model_speed") if row.get("mfu") and row.get("contender") == "xlsr"]
     for rows, part in ((training, "training"), (speed, "model speed")):
         sizes = {row.get("model") for row in rows} & set(CHECKED_MODELS)
         if not sizes:
@@ -57,6 +52,14 @@ def measured_mfu(path: str | Path, parameters: int, checkpointing: str) -> Mfu:
         )
         return Mfu(float(best["mfu"]), f"measured: {path}, {part} of {name}{detail}")
     raise PlanError(f"--measured {path}: no measured MFU in it (pass --mfu instead)")
+
+
+def _rows(report: dict, part: str) -> list[dict]:
+    """The rows of one part of a GPU check's report; anything malformed counts as no rows."""
+    parts = report.get("parts")
+    section = parts.get(part) if isinstance(parts, dict) else None
+    rows = section.get("rows") if isinstance(section, dict) else None
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
 @dataclass(frozen=True)

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 from xlsr.config import TrainConfig
 from xlsr.hardware import GpuSpec
-from xlsr.plan.memory import (
-    ParameterCounts,
-    estimate_memory,
-    largest_fitting_crops,
-    micro_batch_crops,
-    with_overrides,
-)
+from xlsr.plan.memory import ParameterCounts, Ranks, estimate_memory, largest_fitting_crops, with_overrides
 
 MAX_GPUS_TRIED = 4096
 
 
-def memory_suggestions(cfg: TrainConfig, gpus: int, gpu: GpuSpec, counts: ParameterCounts) -> tuple[str, ...]:
+def memory_suggestions(
+    cfg: TrainConfig, ranks: Ranks, gpu: GpuSpec, counts: ParameterCounts
+) -> tuple[str, ...]:
     """One line per change that makes ``cfg`` fit on ``gpu`` (as dotted overrides where possible)."""
-    capacity, crops = gpu.memory_bytes, micro_batch_crops(cfg)
+    capacity = gpu.memory_bytes
     suggestions = []
     for override, changed in _levers(cfg):
-        largest = largest_fitting_crops(changed, gpus, capacity, counts)
-        if largest >= crops:
+        if estimate_memory(changed, ranks, counts=counts).device_total <= capacity:
+            largest = largest_fitting_crops(changed, ranks, capacity, counts)
             suggestions.append(f"{override} (up to {largest} crops per micro-batch)")
-    largest = largest_fitting_crops(cfg, gpus, capacity, counts)
+    largest = largest_fitting_crops(cfg, ranks, capacity, counts)
     if largest >= 1:
         tokens = largest * cfg.data.max_sample_size
         keep = " with optim.batch_tokens set, the effective batch stays" if cfg.optim.batch_tokens else ""
         suggestions.append(f"data.max_tokens={tokens} ({largest} crops per micro-batch{keep})")
-    more = _gpus_that_fit(cfg, gpus, capacity, counts)
+    more = _gpus_that_fit(cfg, ranks, capacity, counts)
     if more is not None:
         suggestions.append(f"{more} GPUs or more (sharded state per GPU shrinks)")
     return tuple(suggestions)
@@ -49,13 +45,13 @@ def _levers(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
     return levers
 
 
-def _gpus_that_fit(cfg: TrainConfig, gpus: int, capacity: float, counts: ParameterCounts) -> int | None:
-    """The fewest GPUs (doubling from ``gpus``) on which ``cfg`` fits, when sharding can help."""
+def _gpus_that_fit(cfg: TrainConfig, ranks: Ranks, capacity: float, counts: ParameterCounts) -> int | None:
+    """The fewest GPUs (doubling, on nodes like these) on which ``cfg`` fits, when sharding helps."""
     if cfg.distributed.backend == "ddp":
         return None
-    world = gpus * 2
+    world = ranks.world * 2
     while world <= MAX_GPUS_TRIED:
-        if estimate_memory(cfg, world, counts=counts).device_total <= capacity:
+        if estimate_memory(cfg, Ranks(world, ranks.per_node), counts=counts).device_total <= capacity:
             return world
         world *= 2
     return None
