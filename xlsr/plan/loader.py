@@ -4,9 +4,8 @@ Each GPU consumes ``audio_s_per_s`` seconds of audio per second. A loader core r
 audio at some multiple of real time, measured here for a few seconds over the run's own shards with
 the loader's own preparation (read from the tar, decode, normalise, crop). With ``data.normalize``
 whole utterances are decoded, so uncut long recordings cost more per second the model sees; without
-it, FLAC seeks to the crop. Without readable shards the
-default is a 16 kHz FLAC rate measured on one Zen 3 core with soundfile: about 4,000× real time,
-2,500× with per-utterance normalisation.
+it, FLAC seeks to the crop. Without readable shards the default is a 16 kHz FLAC rate measured on one
+Zen 3 core with soundfile: about 4,000× real time, 2,500× with per-utterance normalisation.
 """
 
 from __future__ import annotations
@@ -60,6 +59,8 @@ def measure_decode_rate(
     seen, utterances = 0.0, 0
     started, wall_started = time.process_time(), time.perf_counter()
     for sample in _samples(_interleaved_by_stream(local)):
+        if time.process_time() - started >= budget_s or time.perf_counter() - wall_started >= 2 * budget_s:
+            break
         length = min(sample.num_samples, crop)
         start = int(rng.integers(0, sample.num_samples - length + 1))
         try:
@@ -67,8 +68,6 @@ def measure_decode_rate(
         except ValueError:
             continue  # undecodable: the loader skips it too
         utterances += 1
-        if time.process_time() - started >= budget_s or time.perf_counter() - wall_started >= 2 * budget_s:
-            break
     spent = time.process_time() - started
     if seen <= 0 or spent <= 0:
         return default_decode_rate(data, stored_per_visible)
