@@ -1,8 +1,11 @@
 """`xlsr launch local`: N training processes on this machine, torchrun-style.
 
 Each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs
-``python -m xlsr train``. Stop signals are forwarded to every process (they save and exit). If one
-process fails, the others are terminated after a grace period, and its exit code is returned.
+``python -m xlsr train``. Stop signals are forwarded to every process (they save and exit). Ctrl-C
+is not forwarded: the terminal sends it to the whole process group, so each process already has it
+(the first stops and saves; at the second the processes die at once, and this launcher kills what is
+left, says so in one line and returns ``ABORTED_EXIT_CODE``). If one process fails, the others are
+terminated after a grace period, and its exit code is returned.
 """
 
 from __future__ import annotations
@@ -13,10 +16,7 @@ import subprocess
 import sys
 import time
 
-from xlsr.process import STOP_SIGNALS, free_port
-
-# Stop signals make every process save and exit; Ctrl-C (SIGINT) interrupts them all.
-FORWARDED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
+from xlsr.process import ABORTED_EXIT_CODE, CTRL_C_ABORTED, INTERRUPT, STOP_SIGNALS, free_port
 
 
 def launch_local(
@@ -45,11 +45,11 @@ def launch_local(
         )
         for rank in range(nproc)
     ]
-    previous = {
-        sig: signal.signal(sig, lambda signum, _f: _forward(procs, signum)) for sig in FORWARDED_SIGNALS
-    }
+    interrupts: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _f: _forward(procs, signum)) for sig in STOP_SIGNALS}
+    previous[INTERRUPT] = signal.signal(INTERRUPT, lambda signum, _f: interrupts.append(signum))
     try:
-        return _wait(procs, grace_s)
+        return _wait(procs, grace_s, interrupts)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -61,9 +61,13 @@ def _forward(procs: list[subprocess.Popen], signum: int) -> None:
             proc.send_signal(signum)
 
 
-def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+def _wait(procs: list[subprocess.Popen], grace_s: float, interrupts: list[int]) -> int:
     while True:
         codes = [proc.poll() for proc in procs]
+        if len(interrupts) >= 2:  # after polling: processes killed by that Ctrl-C are not failures
+            _terminate(procs, grace_s=0.0)
+            print(CTRL_C_ABORTED, file=sys.stderr, flush=True)
+            return ABORTED_EXIT_CODE
         failed = [code for code in codes if code not in (None, 0)]
         if failed:
             _terminate(procs, grace_s)

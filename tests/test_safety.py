@@ -22,7 +22,13 @@ import torch
 from run_helpers import ENV, ROOT, metrics, train_args, training_metrics, xlsr
 
 from xlsr.engine.checkpoint_files import complete_checkpoints
-from xlsr.process import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
+from xlsr.process import (
+    ABORTED_EXIT_CODE,
+    CTRL_C_ABORTED,
+    CTRL_C_STOPPING,
+    PREEMPTED_EXIT_CODE,
+    USER_ERROR_EXIT_CODE,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -285,6 +291,50 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(demo_index, refe
     resumed = launch(demo_index, run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert training_metrics(run_dir) == training_metrics(reference)
+
+
+def start_in_own_group(index: Path, run_dir: Path) -> subprocess.Popen:
+    """`xlsr launch local --nproc 2` as a shell's foreground job: its own process group, which the
+    terminal signals as a whole; returns once the first metrics are written."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "xlsr", "launch", "local", "--nproc", "2", *run_args(index, run_dir)],
+        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+def test_ctrl_c_saves_says_so_once_and_resumes_exactly(demo_index, reference, tmp_path):
+    """Ctrl-C reaches every process of the foreground group, DataLoader workers included: the job
+    stops like on SIGTERM (exit 75, a checkpoint), one line says so, no rank prints a traceback."""
+    run_dir = tmp_path / "run"
+    job = start_in_own_group(demo_index, run_dir)
+    os.killpg(job.pid, signal.SIGINT)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == PREEMPTED_EXIT_CODE, output
+    assert output.count(CTRL_C_STOPPING) == 1, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    stopped = complete_checkpoints(run_dir / "checkpoints")[-1][0]
+    assert 5 <= stopped < UPDATES, output
+    resumed = launch(demo_index, run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert training_metrics(run_dir) == training_metrics(reference)
+
+
+def test_a_second_ctrl_c_aborts_at_once_in_one_line(demo_index, tmp_path):
+    run_dir = tmp_path / "run"
+    job = start_in_own_group(demo_index, run_dir)
+    os.killpg(job.pid, signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    os.killpg(job.pid, signal.SIGINT)
+    output, _ = job.communicate(timeout=60)
+    assert job.returncode == ABORTED_EXIT_CODE and time.monotonic() - started < 10, output
+    assert output.count(CTRL_C_ABORTED) == 1 and output.count(CTRL_C_STOPPING) == 1, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
 def test_the_command_line_parser_imports_no_torch():

@@ -43,8 +43,13 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
     from launchers.local import launch_local
     from xlsr.config import load_config
     from xlsr.data.sources import check_data_sources
+    from xlsr.process import ABORTED_EXIT_CODE
 
-    check_data_sources(load_config(args.config, args.overrides).data)  # fail here, not in N processes
+    try:
+        check_data_sources(load_config(args.config, args.overrides).data)  # fail here, not in N processes
+    except KeyboardInterrupt:  # Ctrl-C before any process started: nothing to save
+        print("interrupted before training started", file=sys.stderr)
+        return ABORTED_EXIT_CODE
     return launch_local(args.nproc, ["--config", args.config, *args.overrides])
 
 

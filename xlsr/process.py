@@ -7,18 +7,27 @@ Torch-free, so launchers and login-node tools can import it cheaply. The stop pr
 - ``PREEMPTED_EXIT_CODE`` (sysexits ``EX_TEMPFAIL``) means "stopped cleanly, run the same command
   again to continue": SLURM wrappers requeue on it;
 - ``USER_ERROR_EXIT_CODE`` means the command line, config or data was wrong (one line on stderr,
-  no traceback); anything else non-zero is an internal error.
+  no traceback); anything else non-zero is an internal error;
+- Ctrl-C (``SIGINT``, sent by the terminal to the whole foreground process group) is a stop request
+  like the others, announced once by rank 0; a second Ctrl-C aborts at once without saving
+  (``ABORTED_EXIT_CODE``, 128 + SIGINT as shells report it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+import sys
 
 PREEMPTED_EXIT_CODE = 75
 USER_ERROR_EXIT_CODE = 2
+ABORTED_EXIT_CODE = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+INTERRUPT = signal.SIGINT
+CTRL_C_STOPPING = "stopping: saving a checkpoint after this update (Ctrl-C again to abort without saving)"
+CTRL_C_ABORTED = "aborted by a second Ctrl-C: no checkpoint saved (the last one is kept)"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -55,9 +64,26 @@ class StopRequest:
     def install(self) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
+        signal.signal(INTERRUPT, self._interrupt)
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signal = signum
         logging.getLogger("xlsr.train").warning(
             "got %s: saving a checkpoint after this update", signal.Signals(signum).name
         )
+
+    def _interrupt(self, signum: int, _frame: object) -> None:
+        """The first Ctrl-C stops like any stop signal, announced by one process only. The second
+        aborts: a rank of a multi-process job dies by the signal at once (the kernel's default
+        action: no traceback, even inside a collective), its launcher says so in one line; a single
+        process says it itself."""
+        self.signal = signum
+        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if os.environ.get("RANK", "0") == "0":
+            print(CTRL_C_STOPPING, file=sys.stderr, flush=True)
+        signal.signal(INTERRUPT, signal.SIG_DFL if multi_process else _abort)
+
+
+def _abort(_signum: int, _frame: object) -> None:
+    print(CTRL_C_ABORTED, file=sys.stderr, flush=True)
+    os._exit(ABORTED_EXIT_CODE)

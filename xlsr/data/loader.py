@@ -33,7 +33,7 @@ from xlsr.data.stages import STREAM_COUNTS, Batch
 from xlsr.data.stream import SlotPipeline
 from xlsr.data.units import BROKEN_CAUSES, DEFAULT_MAX_OPEN_SHARDS, StreamSpec
 from xlsr.data.upsampling import format_probability_table, upsampling_probabilities
-from xlsr.process import STOP_SIGNALS
+from xlsr.process import INTERRUPT, STOP_SIGNALS
 from xlsr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,9 @@ def _rereads(url: str) -> bool:
 
 def _ignore_stop_signals(_worker_id: int) -> None:
     """A stop signal sent to the whole process group (``kill -- -PGID``, systemd, ``scancel`` under a
-    plain ``srun``) must reach the trainer, which saves and exits, not kill its data workers first:
-    workers ignore them and end when the trainer shuts the loader down (or exits)."""
-    for signum in STOP_SIGNALS:
+    plain ``srun``, Ctrl-C in a terminal) must reach the trainer, which saves and exits, not kill its
+    data workers first: workers ignore them and end when the trainer shuts the loader down (or exits)."""
+    for signum in (*STOP_SIGNALS, INTERRUPT):
         signal.signal(signum, signal.SIG_IGN)
 
 
