@@ -110,6 +110,17 @@ def test_a_second_job_on_the_same_run_dir_is_refused(demo_index, reference, tmp_
 # Pruning and resume=never
 
 
+def test_checkpoints_by_the_clock_as_well(demo_index, reference, tmp_path):
+    """checkpoint.interval_minutes: whichever comes first. Every update here takes longer than 30 ms,
+    so both ranks agree to save after each one; the training itself is unchanged."""
+    run_dir = tmp_path / "run"
+    clock = ("checkpoint.interval_updates=1000", "checkpoint.interval_minutes=0.0005")
+    result = launch(demo_index, run_dir, *clock)
+    assert result.returncode == 0, result.stderr
+    assert [step for step, _ in complete_checkpoints(run_dir / "checkpoints")] == list(range(11, 21))
+    assert training_metrics(run_dir) == training_metrics(reference)
+
+
 def test_resume_never_on_a_run_dir_with_checkpoints_refuses_to_start(demo_index, reference, tmp_path):
     run_dir = copy_run(reference, tmp_path)
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())

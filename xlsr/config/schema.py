@@ -212,6 +212,9 @@ class CheckpointConfig:
     # Defaults to <run_dir>/checkpoints.
     dir: str | None = None
     interval_updates: int = 25_000
+    # Also save when this many minutes have passed since the last save (0 = off); whichever of the
+    # two comes first. Ranks agree through the stop-flag exchange each update already makes.
+    interval_minutes: float = 0.0
     keep_last: int = 2
     # Also keep every checkpoint whose step is a multiple of this (0 = none).
     keep_every: int = 0

@@ -81,10 +81,15 @@ def init_distributed(timeout_s: int) -> DistEnv:
 
 def any_rank_host(flag: bool, env: DistEnv) -> bool:
     """True on every rank if ``flag`` is true on any rank: a host-side collective, no GPU sync."""
-    value = torch.tensor([1.0 if flag else 0.0])
+    return any_rank_host_each([flag], env)[0]
+
+
+def any_rank_host_each(flags: list[bool], env: DistEnv) -> list[bool]:
+    """``any_rank_host`` for several flags in one collective."""
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
     if env.world_size > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=env.cpu_group)
-    return bool(value.item())
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=env.cpu_group)
+    return [bool(value) for value in values.tolist()]
 
 
 def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ from xlsr.engine.backends import build_backend
 from xlsr.engine.backends.base import Weights
 from xlsr.engine.best import BestCheckpoint
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
-from xlsr.engine.distributed import DistEnv, any_rank_host
+from xlsr.engine.distributed import DistEnv, any_rank_host_each
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
@@ -145,6 +145,7 @@ class Trainer:
     def _loop(self, reporter: Reporter, result: TrainResult) -> None:
         cfg, last = self.cfg, self.cfg.last_update
         self.meter.restart_clock()
+        last_save = time.monotonic()
         while self.state.step < last:
             self.step()
             step = self.state.step
@@ -154,10 +155,11 @@ class Trainer:
             else:
                 self.state.poll_nonfinite(cfg.optim.max_consecutive_nonfinite)
             best = self._validation_due(step) and self._validate(reporter)
-            stop = self._stop_agreed()
-            if best or stop or step % cfg.checkpoint.interval_updates == 0 or step == last:
+            stop, timed = self._agreed_flags(time.monotonic() - last_save)
+            if best or stop or timed or step % cfg.checkpoint.interval_updates == 0 or step == last:
                 result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
+                last_save = time.monotonic()
             if best:
                 self.best.record()
             if stop:
@@ -246,7 +248,15 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """True on every rank if any rank received a stop signal."""
-        return any_rank_host(self.stop.requested, self.env)
+        return self._agreed_flags(since_save_s=0.0)[0]
+
+    def _agreed_flags(self, since_save_s: float) -> tuple[bool, bool]:
+        """(a stop signal reached any rank, ``checkpoint.interval_minutes`` passed on any rank's
+        clock), the same on every rank: one host-side exchange per update."""
+        minutes = self.cfg.checkpoint.interval_minutes
+        due = 0 < minutes <= since_save_s / 60
+        stop, timed = any_rank_host_each([self.stop.requested, due], self.env)
+        return stop, timed
 
     def _save(self, final: bool) -> Path:
         self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
