@@ -1,0 +1,64 @@
+"""Fault injection for tests and drills: ``XLSR_FAULT``, read once at start-up (torch-free).
+
+Forms, several joined by commas (update U counts from 1: the update that takes the run to step U):
+
+- ``nonfinite_loss@U[:N]``: the loss is non-finite at updates U .. U+N-1 (the batch is NaN);
+- ``loss_spike@U[:N]``: the loss is ``SPIKE_FACTOR`` times larger at updates U .. U+N-1;
+- ``hang@U:RANK``: that rank stops making progress before update U (it sleeps forever);
+- ``slow@RANK:FACTOR``: that rank takes FACTOR times as long per update (it sleeps the difference).
+
+Any other value is refused in one line (exit code 2), so a typo never silently tests nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from xlsr.process import UserError
+
+FAULT_ENV = "XLSR_FAULT"
+SPIKE_FACTOR = 100.0
+FORMS = "nonfinite_loss@U[:N], loss_spike@U[:N], hang@U:RANK or slow@RANK:FACTOR"
+_SPAN = re.compile(r"(nonfinite_loss|loss_spike)@(\d+)(?::(\d+))?")
+_HANG = re.compile(r"hang@(\d+):(\d+)")
+_SLOW = re.compile(r"slow@(\d+):(\d+(?:\.\d*)?)")
+
+
+class FaultSpecError(UserError, ValueError):
+    """``XLSR_FAULT`` holds something that is not one of ``FORMS``."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    nonfinite_loss: frozenset[int] = frozenset()
+    loss_spike: frozenset[int] = frozenset()
+    hangs: frozenset[tuple[int, int]] = frozenset()  # (update, rank)
+    slow: dict[int, float] = field(default_factory=dict)  # rank -> factor
+
+    def hangs_at(self, update: int, rank: int) -> bool:
+        return (update, rank) in self.hangs
+
+    def loss_factor(self, update: int) -> float:
+        return SPIKE_FACTOR if update in self.loss_spike else 1.0
+
+
+def read_faults(environ: dict[str, str] | None = None) -> Faults:
+    """The faults ``XLSR_FAULT`` asks for (none when unset or empty)."""
+    text = (os.environ if environ is None else environ).get(FAULT_ENV, "").strip()
+    spans: dict[str, set[int]] = {"nonfinite_loss": set(), "loss_spike": set()}
+    hangs, slow = set(), {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if match := _SPAN.fullmatch(part):
+            first, count = int(match[2]), int(match[3] or 1)
+            if first < 1 or count < 1:
+                raise FaultSpecError(f"{FAULT_ENV}: {part!r}: U and N must be at least 1")
+            spans[match[1]].update(range(first, first + count))
+        elif match := _HANG.fullmatch(part):
+            hangs.add((int(match[1]), int(match[2])))
+        elif (match := _SLOW.fullmatch(part)) and float(match[2]) >= 1:
+            slow[int(match[1])] = float(match[2])
+        else:
+            raise FaultSpecError(f"{FAULT_ENV}: cannot read {part!r}: expected {FORMS}, joined by commas")
+    return Faults(frozenset(spans["nonfinite_loss"]), frozenset(spans["loss_spike"]), frozenset(hangs), slow)
