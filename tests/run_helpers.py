@@ -24,12 +24,10 @@ TRAINING_KEYS = (
 )
 
 
-def xlsr(
-    *args: str, timeout: float = 900, env_extra: dict[str, str] | None = None, **kwargs
-) -> subprocess.CompletedProcess:
+def xlsr(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "xlsr", *args],
-        env={**ENV, **(env_extra or {})},
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=timeout,

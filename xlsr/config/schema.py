@@ -251,15 +251,6 @@ class ValidationConfig:
 
 
 @dataclass
-class HealthConfig:
-    """What ends a run that cannot go on by itself (docs/training.md, "Health")."""
-
-    # A rank that makes no progress (an update, a save, a validation step) for this many seconds dumps
-    # every thread's stack to <run_dir>/hangs/, and the job exits 76 to be run again (0 = off).
-    hang_s: float = 3600.0
-
-
-@dataclass
 class LauncherConfig:
     """Cluster resources for `xlsr launch slurm`."""
 
@@ -295,7 +286,6 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     @property

@@ -103,7 +103,6 @@ RANGES: dict[str, Rule] = {
     "distributed.timeout_s": at_least(1),
     "checkpoint.interval_updates": at_least(1),
     "checkpoint.interval_minutes": at_least(0),
-    "health.hang_s": at_least(0),
     "checkpoint.keep_last": at_least(1),
     "checkpoint.keep_every": at_least(0),
     "checkpoint.resume": NOT_EMPTY,

@@ -37,9 +37,7 @@ from xlsr.engine.distributed import DistEnv, any_rank_host_each
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
-from xlsr.engine.watchdog import Watchdog
 from xlsr.evaluation.validate import Validator
-from xlsr.faults import read_faults
 from xlsr.objectives import Objective, Prepared, build_objective
 from xlsr.process import StopRequest
 from xlsr.run_dir import CONFIG_NAME, RunHistory
@@ -75,8 +73,6 @@ class Trainer:
             Validator(cfg, self.objective, env.rank, env.world_size, env.device) if cfg.data.valid else None
         )
         self.streams: list[dict] = []  # the latest per-(corpus, language) draws, for the summary
-        self.faults = read_faults()  # XLSR_FAULT, for tests and drills (xlsr/faults.py)
-        self.watchdog = Watchdog(Path(cfg.run_dir), env.rank, cfg.health.hang_s)
 
     def __enter__(self) -> Trainer:
         """Resume (`restore`) and hold the parts open for `step` / `interval_metrics` calls."""
@@ -88,7 +84,6 @@ class Trainer:
 
     def close(self) -> None:
         """Release the data loader and the backend (process groups, engines, threads)."""
-        self.watchdog.stop()
         self.data.close()
         self.backend.close()
 
@@ -121,7 +116,6 @@ class Trainer:
             RunHistory(Path(self.cfg.run_dir)).keep_until(self.state.step if path is not None else -1)
 
     def fit(self) -> TrainResult:
-        self.watchdog.start()
         self.restore()
         if self._stop_agreed():  # stopped during start-up: nothing new to save
             self.close()
@@ -160,11 +154,9 @@ class Trainer:
                 reporter.interval(step, self.interval_metrics())
             else:
                 self.state.poll_nonfinite(cfg.optim.max_consecutive_nonfinite)
-            self.watchdog.beat("validation", step)
             best = self._validation_due(step) and self._validate(reporter)
             stop, timed = self._agreed_flags(time.monotonic() - last_save)
             if best or stop or timed or step % cfg.checkpoint.interval_updates == 0 or step == last:
-                self.watchdog.beat("checkpoint save", step)
                 result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
                 last_save = time.monotonic()
@@ -176,17 +168,10 @@ class Trainer:
 
     def step(self) -> None:
         """One optimizer update over ``update_freq`` micro-batches."""
-        update = self.state.step + 1
-        self.watchdog.beat("data", self.state.step)
-        self._injected_hang(update)
         self.objective.set_num_updates(self.model, self.state.step)
         started = time.perf_counter()
         batches = [next(self.data) for _ in range(self.cfg.optim.update_freq)]
         data_wait = time.perf_counter() - started
-        self.watchdog.beat("update", self.state.step)
-        if update in self.faults.nonfinite_loss:
-            for batch in batches:
-                batch.source.fill_(float("nan"))
         first_micro = self.env.rank * self.cfg.optim.update_freq
         prepared = [self.prepare(batch, first_micro + index) for index, batch in enumerate(batches)]
         total_frames = torch.stack([p.sample_size for p in prepared]).sum()
@@ -198,23 +183,12 @@ class Trainer:
         for index, (batch, micro) in enumerate(zip(batches, prepared, strict=True)):
             with self.backend.micro_batch(last=index == len(prepared) - 1), self.backend.autocast():
                 loss, metrics = self.objective.loss(self.backend.module, micro, layer_keep)
-                if update in self.faults.loss_spike:
-                    loss = loss * self.faults.loss_factor(update)
                 self.backend.backward(loss * loss_factor)
             losses.append(loss.detach())
             self.meter.add_micro_batch(loss.detach(), metrics, batch.num_samples, batch.source.shape[0])
         skipped, grad_norm = self.backend.update(torch.stack(losses).sum())
         self.state.record_update(skipped)
         self.meter.add_update(skipped, grad_norm, data_wait)
-        if self.env.rank in self.faults.slow:  # as if this rank were FACTOR times slower
-            time.sleep((self.faults.slow[self.env.rank] - 1) * (time.perf_counter() - started))
-
-    def _injected_hang(self, update: int) -> None:
-        """XLSR_FAULT=hang@U:RANK: this rank stops making progress (the watchdog ends the job)."""
-        if self.faults.hangs_at(update, self.env.rank):
-            log.warning("XLSR_FAULT: rank %d hangs before update %d", self.env.rank, update)
-            while True:
-                time.sleep(60)
 
     def prepare(self, batch: Batch, micro_index: int) -> Prepared:
         """Move a batch to the device and let the objective draw its masks there.
