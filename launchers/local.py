@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from xlsr.process import ABORTED_EXIT_CODE, CTRL_C_ABORTED, INTERRUPT, STOP_SIGNALS, free_port
+from xlsr.process import ABORTED_EXIT_CODE, CTRL_C_ABORTED, INTERRUPT, LAUNCHED_ENV, STOP_SIGNALS, free_port
 
 
 def launch_local(
@@ -36,6 +36,7 @@ def launch_local(
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
     )
+    base_env[LAUNCHED_ENV] = "local"  # its processes leave the abort line to this launcher
     # Each rank gets an equal share of the cores unless the user said otherwise.
     base_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs = [

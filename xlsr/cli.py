@@ -28,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xlsr.process import PREEMPTED_EXIT_CODE, StopRequest
 
     stop = StopRequest()
-    stop.install()  # before torch is even imported: a stop during start-up still exits 75
+    stop.install(ctrl_c=True)  # before torch is even imported: a stop during start-up still exits 75
     from xlsr.config import load_config
 
     cfg = load_config(args.config, args.overrides)

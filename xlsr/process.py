@@ -28,6 +28,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 INTERRUPT = signal.SIGINT
 CTRL_C_STOPPING = "stopping: saving a checkpoint after this update (Ctrl-C again to abort without saving)"
 CTRL_C_ABORTED = "aborted by a second Ctrl-C: no checkpoint saved (the last one is kept)"
+# Set by `xlsr launch local` in its processes: it reports an abort itself, in one line.
+LAUNCHED_ENV = "XLSR_LAUNCHED"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,10 +63,14 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
-    def install(self) -> None:
+    def install(self, ctrl_c: bool = False) -> None:
+        """Take the stop signals over; with ``ctrl_c`` (the command line's processes), SIGINT too.
+        `xlsr.train` called from Python leaves SIGINT to its caller (a notebook's KeyboardInterrupt,
+        submitit under SLURM)."""
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
-        signal.signal(INTERRUPT, self._interrupt)
+        if ctrl_c:
+            signal.signal(INTERRUPT, self._interrupt)
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signal = signum
@@ -78,12 +84,18 @@ class StopRequest:
         action: no traceback, even inside a collective), its launcher says so in one line; a single
         process says it itself."""
         self.signal = signum
-        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or LAUNCHED_ENV in os.environ
         if os.environ.get("RANK", "0") == "0":
-            print(CTRL_C_STOPPING, file=sys.stderr, flush=True)
-        signal.signal(INTERRUPT, signal.SIG_DFL if multi_process else _abort)
+            _say(CTRL_C_STOPPING)
+        signal.signal(INTERRUPT, signal.SIG_DFL if launched else _abort)
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: a raw write, which cannot re-enter a buffered
+    write the interrupted code was in the middle of."""
+    os.write(sys.stderr.fileno(), (line + "\n").encode())
 
 
 def _abort(_signum: int, _frame: object) -> None:
-    print(CTRL_C_ABORTED, file=sys.stderr, flush=True)
+    _say(CTRL_C_ABORTED)
     os._exit(ABORTED_EXIT_CODE)
