@@ -281,29 +281,6 @@ def test_import_refuses_to_replace_and_leaves_no_temporary(reference, tmp_path):
 # Signals
 
 
-def test_sigterm_to_the_process_group_saves_and_resumes_exactly(demo_index, reference, tmp_path):
-    """What systemd, `kill -- -PGID` or scancel under a plain srun do: every process, DataLoader
-    workers included, gets the signal. Also stops between logging intervals (metrics stay exact)."""
-    run_dir = tmp_path / "run"
-    job = subprocess.Popen(
-        [sys.executable, "-m", "xlsr", "launch", "local", "--nproc", "2", *run_args(demo_index, run_dir)],
-        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGTERM)
-    output, _ = job.communicate(timeout=300)
-    assert job.returncode == PREEMPTED_EXIT_CODE, output
-    assert "DataLoader worker" not in output
-    stopped = complete_checkpoints(run_dir / "checkpoints")[-1][0]
-    assert 5 <= stopped < UPDATES, output
-    resumed = launch(demo_index, run_dir)
-    assert resumed.returncode == 0, resumed.stderr
-    assert training_metrics(run_dir) == training_metrics(reference)
-
-
 def start_in_own_group(index: Path, run_dir: Path) -> subprocess.Popen:
     """`xlsr launch local --nproc 2` as a shell's foreground job: its own process group, which the
     terminal signals as a whole; returns once the first metrics are written."""
@@ -318,6 +295,27 @@ def start_in_own_group(index: Path, run_dir: Path) -> subprocess.Popen:
     return job
 
 
+def assert_stopped_then_resumes_exactly(index: Path, run_dir: Path, reference: Path, output: str) -> None:
+    """The stop left a checkpoint mid-run; the same command finishes with the uninterrupted metrics."""
+    stopped = complete_checkpoints(run_dir / "checkpoints")[-1][0]
+    assert 5 <= stopped < UPDATES, output
+    resumed = launch(index, run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert training_metrics(run_dir) == training_metrics(reference)
+
+
+def test_sigterm_to_the_process_group_saves_and_resumes_exactly(demo_index, reference, tmp_path):
+    """What systemd, `kill -- -PGID` or scancel under a plain srun do: every process, DataLoader
+    workers included, gets the signal. Also stops between logging intervals (metrics stay exact)."""
+    run_dir = tmp_path / "run"
+    job = start_in_own_group(demo_index, run_dir)
+    os.killpg(job.pid, signal.SIGTERM)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == PREEMPTED_EXIT_CODE, output
+    assert "DataLoader worker" not in output
+    assert_stopped_then_resumes_exactly(demo_index, run_dir, reference, output)
+
+
 def test_ctrl_c_saves_says_so_once_and_resumes_exactly(demo_index, reference, tmp_path):
     """Ctrl-C reaches every process of the foreground group, DataLoader workers included: the job
     stops like on SIGTERM (exit 75, a checkpoint), one line says so, no rank prints a traceback."""
@@ -328,11 +326,7 @@ def test_ctrl_c_saves_says_so_once_and_resumes_exactly(demo_index, reference, tm
     assert job.returncode == PREEMPTED_EXIT_CODE, output
     assert output.count(CTRL_C_STOPPING) == 1, output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
-    stopped = complete_checkpoints(run_dir / "checkpoints")[-1][0]
-    assert 5 <= stopped < UPDATES, output
-    resumed = launch(demo_index, run_dir)
-    assert resumed.returncode == 0, resumed.stderr
-    assert training_metrics(run_dir) == training_metrics(reference)
+    assert_stopped_then_resumes_exactly(demo_index, run_dir, reference, output)
 
 
 def test_a_second_ctrl_c_aborts_at_once_in_one_line(demo_index, tmp_path):
