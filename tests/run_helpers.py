@@ -24,10 +24,12 @@ TRAINING_KEYS = (
 )
 
 
-def xlsr(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+def xlsr(
+    *args: str, timeout: float = 900, env: dict[str, str] = ENV, **kwargs
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "xlsr", *args],
-        env=ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -132,15 +132,16 @@ def test_metric_spec_reduces_sums_and_names_the_best_key():
 @pytest.mark.parametrize(
     ("metrics", "past_warmup", "expected"),
     [
-        ({"loss_prediction": 6.0, "code_perplexity": 30.0}, True, ["chance"]),
+        ({"loss_prediction": 6.0, "code_perplexity": 30.0}, True, [("at_chance", "chance")]),
         ({"loss_prediction": 6.0, "code_perplexity": 30.0}, False, []),
         ({"loss_prediction": 3.0, "code_perplexity": 30.0}, True, []),
-        ({"loss_prediction": 3.0, "code_perplexity": 0.5}, True, ["almost no codes"]),
+        ({"loss_prediction": 3.0, "code_perplexity": 0.5}, True, [("codebook", "almost no codes")]),
     ],
 )
 def test_alarms(metrics, past_warmup, expected):
     alarms = objective().alarms(metrics, past_warmup)
-    assert len(alarms) == len(expected) and all(e in a for e, a in zip(expected, alarms, strict=True))
+    assert len(alarms) == len(expected)
+    assert all(a.signal == s and e in a.message for (s, e), a in zip(expected, alarms, strict=True))
 
 
 def test_recipes_name_their_objective():

@@ -13,6 +13,7 @@ from xlsr.config import (
     WAV2VEC2_PRESETS,
     BestRQConfig,
     ConfigError,
+    HealthConfig,
     ModelConfig,
     TrainConfig,
     ValidationConfig,
@@ -389,6 +390,7 @@ def test_run_config_saved_before_the_objective_split_names_where_keys_went(tmp_p
     assert dumped["data"].pop("max_open_shards") == 16 and dumped["launcher"].pop("gpu") is None
     assert dumped["checkpoint"].pop("interval_minutes") == 0.0
     assert dumped.pop("validation") == dataclasses.asdict(ValidationConfig())
+    assert dumped.pop("health") == dataclasses.asdict(HealthConfig())
     objective = dumped.pop("objective")
     assert objective["name"] == "wav2vec2" and objective["best_rq"] == dataclasses.asdict(BestRQConfig())
     assert objective["wav2vec2"] == split_wav2vec2_keys(old)["objective"]["wav2vec2"]
@@ -406,9 +408,21 @@ RULES = [
     ("optim.max_update=0", "'optim.max_update' must be >= 1, got 0"),
     ("stop_at_update=0", "'stop_at_update' must be >= 1, got 0"),
     ("stop_at_update=301", "'stop_at_update' must be <= optim.max_update (300), got 301"),
+    (
+        "health.hang_s=600",
+        "'health.hang_s' must be < distributed.timeout_s (600), so that the watchdog speaks",
+    ),
     ("logging.interval=0", "'logging.interval' must be >= 1, got 0"),
     ("checkpoint.interval_updates=0", "'checkpoint.interval_updates' must be >= 1, got 0"),
     ("checkpoint.interval_minutes=-1", "'checkpoint.interval_minutes' must be >= 0, got -1"),
+    ("health.loss_spike_z=0", "'health.loss_spike_z' must be > 0, got 0"),
+    ("health.window=4", "'health.window' must be >= 8, got 4"),
+    ("health.rollback_lr_scale=1.5", "'health.rollback_lr_scale' must be in (0, 1], got 1.5"),
+    ("health.grad_norm_z=-1", "'health.grad_norm_z' must be > 0, got -1"),
+    ("health.max_rollbacks=-1", "'health.max_rollbacks' must be >= 0, got -1"),
+    ("health.rollback_window=0", "'health.rollback_window' must be >= 1, got 0"),
+    ("health.hang_s=-1", "'health.hang_s' must be >= 0, got -1"),
+    ("health.rollback_lr_updates=-1", "'health.rollback_lr_updates' must be >= 0, got -1"),
     ("optim.update_freq=0", "'optim.update_freq' must be >= 1, got 0"),
     ("data.max_open_shards=0", "'data.max_open_shards' must be >= 1, got 0"),
     ("optim.batch_tokens=-1", "'optim.batch_tokens' must be >= 0, got -1"),
@@ -464,6 +478,10 @@ RULES = [
         "'model.conv_feature_layers' must have a total stride that is a multiple of 160 samples for best_rq",
     ),
     ("objective.name=hubert", "'objective.name' must be one of ['wav2vec2', 'best_rq'], got 'hubert'"),
+    (
+        "health.loss_spike=ignore",
+        "'health.loss_spike' must be one of ['warn', 'stop', 'rollback'], got 'ignore'",
+    ),
     ("objective.wav2vec2.num_negatives=0", "'objective.wav2vec2.num_negatives' must be >= 1, got 0"),
     ("objective.wav2vec2.logit_temp=0", "'objective.wav2vec2.logit_temp' must be > 0, got 0"),
     ("model.feature_grad_mult=-1", "'model.feature_grad_mult' must be >= 0, got -1"),

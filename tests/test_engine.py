@@ -21,6 +21,7 @@ from xlsr.engine.parallel import apply_activation_checkpointing
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import compute_mask_indices
 from xlsr.model.wav2vec2 import Wav2Vec2Model
+from xlsr.process import HEALTH_EXIT_CODE
 from xlsr.weights import load_model_state
 
 pytestmark = pytest.mark.slow
@@ -164,12 +165,17 @@ def test_non_finite_update_is_skipped_and_counted(global_batches, tmp_path):
 
 
 def test_too_many_non_finite_updates_stop_without_saving(global_batches, tmp_path):
+    """With nothing to roll back to (the streak starts at update 2), the health sentinel stops."""
     result = run_job(
         global_batches, tmp_path / "run", 2, "optim.max_consecutive_nonfinite=2",
         worker_args=("--nan-at", "1,2,3,4,5"),
     )  # fmt: skip
-    assert result.returncode == 1  # an internal error, not a stop (75) or a user error (2)
-    assert "consecutive updates had a non-finite loss or gradient" in result.stderr
+    assert result.returncode == HEALTH_EXIT_CODE, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("health: ")]
+    assert "2 updates in a row had a non-finite loss or gradient (updates 2-3)" in line  # --nan-at is 0-based
+    stopped = "stopped: no intact checkpoint from before update 2 to roll back to; nothing saved; exit 78"
+    assert line.endswith(stopped)
     assert complete_checkpoints(tmp_path / "run" / "checkpoints") == []
 
 

@@ -57,7 +57,7 @@ HOST_READ_METHODS = {
     torch.Tensor.numpy,
 }
 # Host-side by construction (their tensors are made on the CPU even on a GPU machine).
-HOST_SIDE_FUNCTIONS = ("any_rank_host", "any_rank_host_each", "poll_nonfinite")
+HOST_SIDE_FUNCTIONS = ("any_rank_host", "any_rank_host_each")
 
 
 class HostReadRecorder(TorchDispatchMode):

@@ -443,8 +443,9 @@ UNIFORM = math.log2(K + 1)  # bits of cross-entropy when the K + 1 logits are eq
 HEALTHY = {"loss_contrastive": 4.2, "code_perplexity": 300.0, "accuracy": 0.45, "diversity": 0.3}
 
 
-def alarms(past_warmup: bool = True, **changes: float) -> list[str]:
-    return WAV2VEC2.alarms({**HEALTHY, **changes}, past_warmup=past_warmup)
+def alarms(past_warmup: bool = True, **changes: float) -> list[tuple[str, str]]:
+    """(health signal, message) of each alarm."""
+    return [(a.signal, a.message) for a in WAV2VEC2.alarms({**HEALTHY, **changes}, past_warmup=past_warmup)]
 
 
 def test_a_healthy_run_raises_no_alarm():
@@ -456,7 +457,7 @@ def test_a_healthy_run_raises_no_alarm():
 @pytest.mark.parametrize("offset", [0.0, 0.009, -0.009])
 def test_uniform_logits_alarm_past_warmup_only(offset):
     raised = alarms(loss_contrastive=UNIFORM + offset)
-    assert len(raised) == 1 and "uniform" in raised[0]
+    assert len(raised) == 1 and raised[0][0] == "at_chance" and "uniform" in raised[0][1]
     assert alarms(past_warmup=False, loss_contrastive=UNIFORM + offset) == []  # normal at the start
 
 
@@ -468,7 +469,7 @@ def test_uniform_alarm_quiet_away_from_log2_k_plus_1(offset):
 def test_codebook_collapse_alarm_needs_low_perplexity_and_perfect_accuracy():
     collapsed = dict(code_perplexity=0.05 * CODES - 1, accuracy=0.995)
     raised = alarms(**collapsed)
-    assert len(raised) == 1 and "codebook collapse" in raised[0]
+    assert len(raised) == 1 and raised[0][0] == "codebook" and "codebook collapse" in raised[0][1]
     assert alarms(**{**collapsed, "accuracy": 0.45}) == []  # few codes in use, task still hard: early run
     assert alarms(**{**collapsed, "code_perplexity": 0.05 * CODES}) == []  # 5% of the codes is enough
     assert alarms(**{**collapsed, "accuracy": 0.99}) == []
@@ -476,5 +477,5 @@ def test_codebook_collapse_alarm_needs_low_perplexity_and_perfect_accuracy():
 
 def test_diversity_alarm_near_one():
     raised = alarms(diversity=0.96)
-    assert len(raised) == 1 and "diversity" in raised[0]
+    assert len(raised) == 1 and raised[0][0] == "codebook" and "diversity" in raised[0][1]
     assert alarms(diversity=0.95) == []

@@ -40,6 +40,8 @@ from slurm_jobs import (
 from launchers.slurm.job import LOST_RANK_EXIT_CODE
 from xlsr.config import load_config
 from xlsr.engine.checkpoint_files import complete_checkpoints
+from xlsr.engine.watchdog import HANG_DIR
+from xlsr.faults import FAULT_ENV
 from xlsr.process import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
@@ -260,3 +262,22 @@ def test_shard_job_array_over_both_nodes_writes_the_same_index(env, demo_index, 
     merged, reference = (json.loads(p.read_text()) for p in (out_dir / "index.json", demo_index))
     assert merged["shards"] == reference["shards"] and merged["totals"] == reference["totals"]
     assert len(merged["shards"]) > 4 and "skipped" in merge_log
+
+
+def test_a_hung_rank_ends_the_job_which_requeues_itself_and_resumes(env, demo_index, tmp_path):
+    """1 node × 2 tasks; rank 1 stops making progress before update 8. Within health.hang_s the
+    watchdog ends the job (stacks of both ranks on disk, one line naming rank 1), the rank that
+    declared the hang requeues it, and the restart resumes from step-5 and completes."""
+    run_dir = tmp_path / "hung"
+    args = [*train_overrides(demo_index, run_dir, "logging.wandb_mode=disabled", "health.hang_s=5"),
+            *ONE_NODE_TWO_TASKS]  # fmt: skip
+    job_id = submit({**env, FAULT_ENV: "hang@8:1"}, *args)
+    release_requeued(env, job_id, run_dir)
+    state = wait_finished(env, job_id, run_dir)
+    text = logs(run_dir, job_id) + logs(run_dir, job_id, rank=1)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text
+    assert re.search(r"hang: rank 1 on \S+ made no progress for 5 s \(data, after update 7\)", text), text
+    assert f"job {job_id} hung: requeueing (restart 1 of at most" in text
+    assert resumed_from(logs(run_dir, job_id))[0] == (5, 5)
+    [hung_job] = (run_dir / HANG_DIR).iterdir()
+    assert sorted(p.name for p in hung_job.iterdir()) == ["HANG", "rank-0.txt", "rank-1.txt"]

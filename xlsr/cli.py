@@ -30,7 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = StopRequest()
     stop.install(ctrl_c=True)  # before torch is even imported: a stop during start-up still exits 75
     from xlsr.config import load_config
+    from xlsr.faults import read_faults
 
+    read_faults()  # a malformed XLSR_FAULT is one line here, not an error in every rank
     cfg = load_config(args.config, args.overrides)
     if stop.requested:
         return PREEMPTED_EXIT_CODE
@@ -43,8 +45,10 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
     from launchers.local import launch_local
     from xlsr.config import load_config
     from xlsr.data.sources import check_data_sources
+    from xlsr.faults import read_faults
     from xlsr.process import ABORTED_EXIT_CODE
 
+    read_faults()
     try:
         check_data_sources(load_config(args.config, args.overrides).data)  # fail here, not in N processes
     except KeyboardInterrupt:  # Ctrl-C before any process started: nothing to save

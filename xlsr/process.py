@@ -22,6 +22,9 @@ import socket
 import sys
 
 PREEMPTED_EXIT_CODE = 75
+# The health sentinel stopped the run (health.<signal>=stop, or too many rollbacks): run it again
+# only after a change (docs/training.md, "Health"). sysexits EX_CONFIG.
+HEALTH_EXIT_CODE = 78
 USER_ERROR_EXIT_CODE = 2
 ABORTED_EXIT_CODE = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

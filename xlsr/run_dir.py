@@ -33,6 +33,8 @@ SUMMARY_NAME = "summary.json"
 WANDB_ID_NAME = "wandb_run_id"
 CHECKPOINTS_NAME = "checkpoints"
 VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
+HEALTH_KIND = "health"  # a health sentinel event (xlsr.engine.health), with its "updates_drawn"
+HEALTH_DIR = "health"  # <run_dir>/health/rollback-N.json: the utterances each rollback skipped
 
 # Inside a checkpoint directory.
 TRAINER_STATE_NAME = "trainer.pt"
@@ -74,12 +76,23 @@ class RunHistory:
                 records.pop()
         return records
 
-    def keep_until(self, step: int) -> None:
-        """Drop lines past ``step`` (and damaged ones), so a resumed run logs each update once."""
+    def keep_until(self, step: int, updates_drawn: int | None = None) -> None:
+        """Drop lines past ``step`` (and damaged ones), so a resumed run logs each update once.
+
+        Health events are dropped by their data position instead (``updates_drawn``, default
+        ``step``): a rollback goes back in steps but not in data, so its own events stay.
+        """
         if not self.path.is_file():
             return
+        drawn = step if updates_drawn is None else updates_drawn
         raw = self.path.read_text(errors="replace").splitlines()
-        kept = [record for record in self.lines() if record["step"] <= step]
+
+        def kept_line(record: dict[str, Any]) -> bool:
+            if record.get("kind") == HEALTH_KIND:
+                return record.get("updates_drawn", record["step"]) <= drawn
+            return record["step"] <= step
+
+        kept = [record for record in self.lines() if kept_line(record)]
         if len(kept) < len(raw):
             log.warning("%s: dropped %d line(s) after update %d (retrained)", self.path.name,
                         len(raw) - len(kept), step)  # fmt: skip

@@ -216,10 +216,13 @@ def _print_notes(notes: tuple[str, ...]) -> None:
 
 def run_launch_slurm(args: argparse.Namespace) -> int:
     """`xlsr launch slurm`: validate, then print (--dry-run) or submit; returns an exit code."""
+    from xlsr.faults import FaultSpecError, read_faults
+
     command, request = "xlsr launch slurm", launch_request_from_args(args)
     try:
+        read_faults()  # the job inherits XLSR_FAULT: a malformed one is refused here, in one line
         plan = plan_launch(request)
-    except (LaunchError, ConfigError) as exc:
+    except (LaunchError, ConfigError, FaultSpecError) as exc:
         return _error(command, exc)
     _print_notes(plan.notes)
     if request.dry_run:

@@ -56,6 +56,7 @@ from typing import Any
 
 from launchers.slurm.cluster import job_state, requeue_job
 from launchers.slurm.rundir import config_path, read_saved_config
+from xlsr.engine.watchdog import HANG_HOOKS
 from xlsr.process import PREEMPTED_EXIT_CODE, STOP_SIGNALS, USER_ERROR_EXIT_CODE
 
 log = logging.getLogger("xlsr.launch")
@@ -152,6 +153,8 @@ class TrainTask:
                 dist_env.master_port,
                 self.run_dir,
             )
+        # A hung job is requeued by the rank that declares the hang (xlsr.engine.watchdog).
+        HANG_HOOKS.append(lambda _line: requeue_or_stop(job_id, restarts, self.max_requeues, "hung"))
         try:
             code = train_run_dir(Path(self.run_dir))
         finally:
@@ -250,13 +253,15 @@ def requeue_decision(state: str | None, restarts: int, max_requeues: int) -> tup
     return True, f"requeueing (restart {restarts + 1} of at most {max_requeues})"
 
 
-def requeue_or_stop(job_id: str, restarts: int, max_requeues: int) -> None:
+def requeue_or_stop(
+    job_id: str, restarts: int, max_requeues: int, what: str = "stopped after saving a checkpoint"
+) -> None:
     requeue, reason = requeue_decision(job_state(job_id), restarts, max_requeues)
-    log.warning("job %s stopped after saving a checkpoint: %s", job_id, reason)
+    log.warning("job %s %s: %s", job_id, what, reason)
     if not requeue:
         return
     problem = requeue_job(job_id)
     if problem is not None:
         log.error("scontrol requeue %s failed (%s); submit the same command again", job_id, problem)
     else:
-        log.warning("requeued job %s: it restarts from the checkpoint just saved", job_id)
+        log.warning("requeued job %s: it restarts from its newest checkpoint", job_id)

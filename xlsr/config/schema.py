@@ -250,6 +250,48 @@ class ValidationConfig:
     probe: bool = True
 
 
+HealthAction = Literal["warn", "stop", "rollback"]
+
+
+@dataclass
+class HealthConfig:
+    """The health sentinel: what each signal of a sick run does (docs/training.md, "Health").
+
+    ``warn`` logs the event; ``stop`` ends the run without saving (exit 78); ``rollback`` restores
+    the newest intact checkpoint from before the anomaly, skips the data drawn since then, and goes
+    on. Signals are read once per logging interval from values the loop fetches anyway.
+    """
+
+    # optim.max_consecutive_nonfinite skipped updates in a row.
+    nonfinite: HealthAction = "rollback"
+    # An update's loss this many robust standard deviations (1.4826 x MAD) above the median of the
+    # last ``window`` healthy updates; judged once ``window // 4`` updates are known.
+    loss_spike: HealthAction = "rollback"
+    loss_spike_z: float = 12.0
+    # The same test on log(gradient norm).
+    grad_norm: HealthAction = "warn"
+    grad_norm_z: float = 12.0
+    window: int = 200
+    # The objective's failure signatures, checked every logging interval after 4 x warmup: its loss
+    # at chance level, and codebook collapse (see the objective's alarms).
+    at_chance: HealthAction = "warn"
+    codebook: HealthAction = "warn"
+    # At most this many rollbacks within ``rollback_window`` updates; one more stops the run.
+    max_rollbacks: int = 3
+    rollback_window: int = 10_000
+    # After a rollback, the LR times this factor for this many updates (1.0 = unchanged).
+    rollback_lr_scale: float = 1.0
+    rollback_lr_updates: int = 0
+    # A rank that makes no progress (data, update, validation, save) for this many seconds ends the
+    # job with every rank's stacks in <run_dir>/hangs/ and exit 76 (0 = no watchdog). Must be below
+    # distributed.timeout_s, after which a waiting collective fails on its own; None = 80% of it.
+    hang_s: float | None = None
+
+    def hang_seconds(self, timeout_s: float) -> float:
+        """``hang_s``, or its default under a collective timeout of ``timeout_s``."""
+        return 0.8 * timeout_s if self.hang_s is None else self.hang_s
+
+
 @dataclass
 class LauncherConfig:
     """Cluster resources for `xlsr launch slurm`."""
@@ -286,6 +328,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     @property

@@ -107,6 +107,14 @@ RANGES: dict[str, Rule] = {
     "checkpoint.keep_every": at_least(0),
     "checkpoint.resume": NOT_EMPTY,
     "logging.interval": at_least(1),
+    "health.hang_s": at_least(0),
+    "health.loss_spike_z": above(0),
+    "health.grad_norm_z": above(0),
+    "health.window": at_least(8),
+    "health.max_rollbacks": at_least(0),
+    "health.rollback_window": at_least(1),
+    "health.rollback_lr_scale": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "health.rollback_lr_updates": at_least(0),
     "validation.interval_updates": at_least(1),
     "validation.max_seconds_per_language": above(0),
     "validation.probe_layer": at_least(0),
@@ -190,6 +198,10 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
     if cfg.validation.probe_layer > model.encoder_layers:
         requirement = f"must be <= model.encoder_layers ({model.encoder_layers}); 0 means the last"
         yield "validation.probe_layer", requirement, cfg.validation.probe_layer
+    if cfg.health.hang_s is not None and 0 < cfg.health.hang_s >= cfg.distributed.timeout_s:
+        requirement = (f"must be < distributed.timeout_s ({cfg.distributed.timeout_s}), so that the watchdog "
+                       "speaks before a collective times out (0 = no watchdog)")  # fmt: skip
+        yield "health.hang_s", requirement, cfg.health.hang_s
     if not model.conv_feature_layers:
         yield "model.conv_feature_layers", "must list at least one conv block", []
     stride = math.prod(s for _, _, s in model.conv_feature_layers)

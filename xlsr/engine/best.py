@@ -36,6 +36,17 @@ class BestCheckpoint:
         if self.is_main and self.step is not None:
             atomic_write_text(self.checkpoint_dir / BEST_NAME, json.dumps(self.summary(), indent=2))
 
+    def rewound(self, step: int) -> None:
+        """After a health rollback to ``step`` (this part restored from its checkpoint): ``best.json``
+        must not name a checkpoint the rollback set aside."""
+        recorded = recorded_best_step(self.checkpoint_dir)
+        if not self.is_main or recorded is None or recorded <= step:
+            return
+        if self.step is None:
+            (self.checkpoint_dir / BEST_NAME).unlink(missing_ok=True)
+        else:
+            self.record()
+
     def summary(self) -> dict[str, Any] | None:
         if self.step is None:
             return None

@@ -64,6 +64,9 @@ __all__ = [
 # The format of a checkpoint directory as a whole (trainer.pt, rank-R.pt, manifest), recorded in
 # trainer.pt. Before xlsr 1.0 checkpoints do not carry over between formats (docs/training.md).
 TRAINER_STATE_FORMAT = 3
+# Shared parts that checkpoints of this format may lack (written before the part existed): such a
+# part keeps its fresh state on load.
+PARTS_ADDED_LATER = frozenset({"health"})
 
 
 class CheckpointError(UserError):
@@ -126,6 +129,25 @@ class Checkpointer:
         if found:
             raise CheckpointError(f"no intact checkpoint in {self.root}: " + "; ".join(reasons))
         return None
+
+    def newest_intact_before(self, step: int) -> Path | None:
+        """The newest intact checkpoint of a step below ``step`` (a health rollback's target)."""
+        for found_step, path in reversed(complete_checkpoints(self.root)):
+            if found_step < step and path not in self._damaged and self.damage(path) is None:
+                return path
+        return None
+
+    def set_aside_newer_than(self, step: int) -> None:
+        """After a rollback to ``step``: this run's newer checkpoints hold the undone updates, and
+        their step names will be written again. Renamed ``step-N.rolled-back-<job>`` (kept for a
+        post-mortem, never resumed from); another run's are left alone."""
+        if self.env.is_main:
+            for found_step, path in complete_checkpoints(self.root):
+                if found_step > step and self._is_ours(path):
+                    path.rename(path.with_name(f"{path.name}.rolled-back-{self.token}"))
+            fsync_dir(self.root)
+        if self.env.world_size > 1:
+            dist.barrier(group=self.env.cpu_group)
 
     def damage(self, path: Path) -> str | None:
         """Why checkpoint ``path`` is damaged, or None; every rank checks a slice of its files."""
@@ -256,7 +278,8 @@ class Checkpointer:
         backend.load(path)
         trainer_state = read_trainer_state(path)
         for name, part in shared.items():
-            part.load_state_dict(trainer_state[name])
+            if name in trainer_state or name not in PARTS_ADDED_LATER:
+                part.load_state_dict(trainer_state[name])
         rank_file = path / rank_file_name(self.env.rank)
         same_world = trainer_state["world_size"] == self.env.world_size
         return torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None

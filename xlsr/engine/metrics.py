@@ -19,12 +19,16 @@ import torch.distributed as dist
 from xlsr.config import SAMPLE_RATE, TrainConfig
 from xlsr.data.loader import SKIP_COUNTERS as DATA_SKIP_REASONS
 from xlsr.engine.distributed import DistEnv
+from xlsr.engine.health import UpdateRecord
 from xlsr.hardware import peak_flops
 from xlsr.objectives import BITS, Objective
 
 # Device-side sums the engine keeps between logging intervals besides the objective's (its
 # ``spec.sums``, which sit between "loss" and these).
 ENGINE_SUMS = ("micro_batches", "audio_samples", "crops", "updates", "grad_norm", "skipped")
+# Per update of the interval, for the health sentinel: loss sum and loss frames (this rank's, summed
+# over ranks in ``reduce``), then the global gradient norm and the skipped flag.
+TRACE_COLUMNS = 4
 
 
 class IntervalMeter:
@@ -38,7 +42,11 @@ class IntervalMeter:
         self.cfg, self.env, self.objective = cfg, env, objective
         self.keys = ("loss", *objective.spec.sums, *ENGINE_SUMS)
         self.sums = torch.zeros(len(self.keys), device=env.device)
+        self.trace = torch.zeros(cfg.logging.interval, TRACE_COLUMNS, device=env.device)
+        self.traced = 0  # updates in ``trace`` (host-side: indexing by it needs no sync)
+        self.updates: list[UpdateRecord] = []  # the last reduced interval's updates
         self.data_wait = 0.0
+        self.sync_wait = 0.0  # host time blocked in collectives that wait for the slowest rank
         self._elapsed_before = 0.0  # seconds of this interval spent before the last restart
         self._started = time.perf_counter()
 
@@ -61,19 +69,39 @@ class IntervalMeter:
         self._add("micro_batches", 1.0)
         self._add("audio_samples", float(samples))
         self._add("crops", float(crops))
+        self.trace[self.traced, 0] += loss.float()
+        self.trace[self.traced, 1] += metrics["sample_size"].float()
 
     def add_update(self, skipped: torch.Tensor, grad_norm: torch.Tensor, data_wait: float) -> None:
         self._add("updates", 1.0)
         self._add("grad_norm", torch.where(skipped, 0.0, grad_norm))
         self._add("skipped", skipped.float())
+        self.trace[self.traced, 2] = grad_norm.float()
+        self.trace[self.traced, 3] = skipped.float()
+        self.traced += 1
         self.data_wait += data_wait
+
+    def add_wait(self, seconds: float) -> None:
+        self.sync_wait += seconds
+
+    def reset(self) -> None:
+        """Forget the interval so far (after a health rollback: its updates are undone)."""
+        self.sums.zero_()
+        self.trace.zero_()
+        self.traced, self.data_wait, self.sync_wait, self._elapsed_before = 0, 0.0, 0.0, 0.0
+        self.restart_clock()
 
     def reduce(self, step: int, data_skips: dict[str, int]) -> dict[str, float]:
         """The interval's metrics (equal on every rank); starts the next interval."""
         elapsed = self.elapsed()
-        sums = self.sums.clone()
-        dist.all_reduce(sums)
+        traced = self.trace[: self.traced]
+        sums = torch.cat([self.sums, traced[:, :2].flatten()])
+        dist.all_reduce(sums)  # one collective for the interval's sums and its per-update losses
+        self.updates = update_records(step, sums[len(self.keys) :].view(-1, 2), traced[:, 2:])
+        sums = sums[: len(self.keys)]
         self.sums.zero_()
+        self.trace.zero_()
+        self.traced = 0
         skips = torch.tensor([float(data_skips.get(reason, 0)) for reason in DATA_SKIP_REASONS])
         if self.env.world_size > 1:
             dist.all_reduce(skips, group=self.env.cpu_group)
@@ -89,16 +117,54 @@ class IntervalMeter:
         )
         flops = self.objective.flops_per_crop
         metrics.update(hardware_metrics(flops, self.env.device, metrics["audio_s_per_s"], totals))
-        self.data_wait, self._elapsed_before = 0.0, 0.0
+        metrics.update(self._rank_spread(elapsed, max(totals["updates"] / self.env.world_size, 1)))
+        self.data_wait, self.sync_wait, self._elapsed_before = 0.0, 0.0, 0.0
         self.restart_clock()
         return metrics
 
+    def _rank_spread(self, elapsed: float, updates: float) -> dict[str, float]:
+        """Per update, each rank's own work (its time not spent waiting for other ranks) and data
+        wait: min / median / max over ranks, and the rank with the most work (the straggler, whom
+        the others wait for)."""
+        mine = torch.tensor([(elapsed - self.sync_wait) / updates, self.data_wait / updates])
+        ranks = [mine]
+        if self.env.world_size > 1:
+            ranks = [torch.zeros(2) for _ in range(self.env.world_size)]
+            dist.all_gather(ranks, mine, group=self.env.cpu_group)
+        table = torch.stack(ranks)
+        metrics = {"slowest_rank": float(table[:, 0].argmax())}
+        for column, name in enumerate(("rank_work_s", "rank_data_wait_s")):
+            values = table[:, column]
+            metrics |= {f"{name}_min": values.min().item(), f"{name}_median": values.median().item(),
+                        f"{name}_max": values.max().item()}  # fmt: skip
+        return metrics
+
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.cpu(), "data_wait": self.data_wait, "elapsed": self.elapsed()}
+        return {
+            "sums": self.sums.cpu(),
+            "trace": self.trace[: self.traced].cpu(),
+            "data_wait": self.data_wait,
+            "elapsed": self.elapsed(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums.copy_(state["sums"])
+        trace = state.get("trace", torch.zeros(0, TRACE_COLUMNS))  # absent before the health sentinel
+        self.trace.zero_()
+        self.trace[: len(trace)] = trace
+        self.traced = len(trace)
         self.data_wait, self._elapsed_before = state["data_wait"], state["elapsed"]
+
+
+def update_records(step: int, losses: torch.Tensor, flags: torch.Tensor) -> list[UpdateRecord]:
+    """The interval's updates ending at ``step``: (loss sum, frames) over all ranks per update, and
+    (gradient norm, skipped) per update, as the health sentinel reads them."""
+    rows = torch.cat([losses, flags], dim=1).tolist()
+    first = step - len(rows) + 1
+    return [
+        UpdateRecord(first + i, loss / max(frames, 1.0) * BITS, grad_norm, skipped > 0)
+        for i, (loss, frames, grad_norm, skipped) in enumerate(rows)
+    ]
 
 
 def interval_metrics(s: dict[str, float], cfg: TrainConfig, world: int, elapsed: float) -> dict[str, float]:

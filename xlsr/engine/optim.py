@@ -12,7 +12,7 @@ dozen per parameter, which keeps the host's share of an update small (docs/perfo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -207,5 +207,18 @@ def _tri_stage(num_updates: int, cfg: OptimConfig) -> float:
     return cfg.tri_stage_final_scale
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n, cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, multiplier: Callable[[int], float] | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of ``cfg``, times ``multiplier(n)`` when given (the health sentinel's LR damping
+    after a rollback, `xlsr.engine.health`)."""
+    if multiplier is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n, cfg) * multiplier(n))
+
+
+def reapply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set the LR of the next update from the schedule now (its multiplier may have changed)."""
+    groups = scheduler.optimizer.param_groups
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)

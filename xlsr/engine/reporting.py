@@ -19,26 +19,30 @@ from typing import Any
 from tqdm import tqdm
 
 from xlsr.config import TrainConfig, to_dict
+from xlsr.engine.health import HealthEvent
 from xlsr.engine.metrics import format_console_line
 from xlsr.fileio import atomic_write_text
 from xlsr.objectives import Objective
-from xlsr.run_dir import VALID_KIND, WANDB_ID_NAME, RunHistory
+from xlsr.run_dir import HEALTH_KIND, VALID_KIND, WANDB_ID_NAME, RunHistory
 
 log = logging.getLogger("xlsr.train")
+UPDATE_KEY = "update"  # the x-axis of every W&B chart
 
 
 @dataclass
 class TrainResult:
-    status: str  # "finished", "preempted" (stopped by a signal, checkpoint saved) or "failed"
+    # "finished", "preempted" (stopped by a signal, checkpoint saved), "unhealthy" (stopped by the
+    # health sentinel, nothing saved) or "failed"
+    status: str
     step: int
     checkpoint: Path | None = None
     wandb_dir: str | None = None
 
     @property
     def exit_code(self) -> int:
-        from xlsr.process import PREEMPTED_EXIT_CODE
+        from xlsr.process import HEALTH_EXIT_CODE, PREEMPTED_EXIT_CODE
 
-        return PREEMPTED_EXIT_CODE if self.status == "preempted" else 0
+        return {"preempted": PREEMPTED_EXIT_CODE, "unhealthy": HEALTH_EXIT_CODE}.get(self.status, 0)
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -72,6 +76,9 @@ class WandbLogger:
             mode=cfg.logging.wandb_mode,
             config=to_dict(cfg) | ({"plan": plan} if plan else {}),
         )
+        # Charts run over the update, not W&B's own step: a resume or a health rollback logs an
+        # update again, which W&B would drop as a step that went backwards.
+        self._guarded("define_metric", lambda: self.run.define_metric("*", step_metric=UPDATE_KEY))
 
     @property
     def directory(self) -> str | None:
@@ -80,7 +87,11 @@ class WandbLogger:
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if self.run is not None:
-            self._guarded("log", lambda: self.run.log(values, step=step))
+            self._guarded("log", lambda: self.run.log({UPDATE_KEY: step, **values}))
+
+    def alert(self, title: str, text: str) -> None:
+        if self.run is not None:
+            self._guarded("alert", lambda: self.run.alert(title=title, text=text, level="WARN"))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.run is None:
@@ -128,7 +139,7 @@ class RunSummary(RunHistory):
     ) -> None:
         """First and last logged metrics of the whole run (across resumes), and where things are."""
         records = self.lines()
-        lines = [record for record in records if record.get("kind") != VALID_KIND]
+        lines = [record for record in records if "kind" not in record]
         if not lines:
             return
         summary = {
@@ -145,6 +156,11 @@ class RunSummary(RunHistory):
         summary.update(validation_summary(valid, best, best_key))
         if streams:
             summary["data"] = {"streams": streams}
+        health = [record for record in records if record.get("kind") == HEALTH_KIND]
+        summary["health"] = {
+            "events": health,
+            "rollbacks": sum("rolled back" in r["outcome"] for r in health),
+        }
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
 
@@ -206,6 +222,11 @@ class Reporter:
     def update_done(self) -> None:
         self.progress.update(1)
 
+    def rewind(self, step: int) -> None:
+        """The run went back to ``step`` (a health rollback)."""
+        self.progress.n = step
+        self.progress.refresh()
+
     def interval(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
@@ -214,11 +235,21 @@ class Reporter:
         )
         self.history.append(step, metrics)
         self.wandb.log(step, {f"train/{k}": v for k, v in metrics.items()})
-        # Chance-level predictions are normal for a while after warmup; "stuck" means still there at 4x.
-        past_warmup = step >= 4 * max(self.cfg.optim.warmup_updates, 1)
-        for alarm in self.objective.alarms(metrics, past_warmup):
-            self.progress.write(f"WARNING collapse alarm: {alarm}")
-            self.wandb.log(step, {"alarms/collapse": alarm})
+
+    def health(
+        self, event: HealthEvent, updates_drawn: int, outcome: str, window: dict | None = None
+    ) -> None:
+        """A health event: one console line, a ``kind: health`` line in metrics.jsonl, a W&B alert
+        and a marker on the charts (``health/<signal>``)."""
+        if not self.enabled:
+            return
+        line = f"health: {event.signal} (onset update {event.onset}): {event.message}; {outcome}"
+        self.progress.write(line)
+        record = {k: v for k, v in event.record().items() if k != "step"}
+        record |= {"kind": HEALTH_KIND, "updates_drawn": updates_drawn, "outcome": outcome}
+        self.history.append(event.step, record | ({"window": window} if window else {}))
+        self.wandb.log(event.step, {f"health/{event.signal}": 1.0, "health/events": 1.0})
+        self.wandb.alert(f"xlsr health: {event.signal}", line)
 
     def validation(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

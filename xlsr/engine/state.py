@@ -14,10 +14,6 @@ import numpy as np
 import torch
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
 class TrainState:
     """Updates done, skipped-update counters (device tensors: no sync per update), and the run's
     identity: ``run_uid`` marks the checkpoints this run wrote (pruning touches no others), and the
@@ -28,41 +24,12 @@ class TrainState:
         self.run_uid: str | None = None
         self.wandb_run_id: str | None = None
         self.skipped_total = torch.zeros((), device=device)
-        self.consecutive_nonfinite = torch.zeros((), device=device)
-        # The streak as last copied to the host without waiting (pinned: the copy is asynchronous),
-        # and the event that says when that copy has landed.
-        self._streak_on_host = torch.zeros((), pin_memory=device.type == "cuda")
-        self._streak_copied = torch.cuda.Event() if device.type == "cuda" else None
 
     def record_update(self, skipped: torch.Tensor) -> None:
-        """Count a finished update; ``skipped`` is the device-side flag of a non-finite one."""
+        """Count a finished update; ``skipped`` is the device-side flag of a non-finite one (a streak
+        of them is the health sentinel's ``nonfinite`` signal, `xlsr.engine.health`)."""
         self.step += 1
-        self.consecutive_nonfinite.mul_(skipped).add_(skipped.float())
         self.skipped_total.add_(skipped.float())
-
-    def poll_nonfinite(self, limit: int) -> None:
-        """`check_nonfinite` without a host sync, for every update: reads the streak from the last
-        asynchronous copy that has landed (a few updates old), then starts the next copy. A skipped
-        update changes nothing, so raising a few updates late loses nothing."""
-        if self._streak_copied is not None and not self._streak_copied.query():
-            return  # the previous copy is still in flight
-        self._raise_if_streak(int(self._streak_on_host), limit)  # a host tensor: no device sync
-        self._streak_on_host.copy_(self.consecutive_nonfinite, non_blocking=True)
-        if self._streak_copied is not None:
-            self._streak_copied.record()
-
-    def check_nonfinite(self, limit: int) -> None:
-        """Raise once ``limit`` updates in a row were skipped (one host sync: call it rarely)."""
-        self._raise_if_streak(int(self.consecutive_nonfinite.item()), limit)
-
-    @staticmethod
-    def _raise_if_streak(count: int, limit: int) -> None:
-        if count >= limit:
-            raise NonFiniteError(
-                f"{count} consecutive updates had a non-finite loss or gradient (limit "
-                f"optim.max_consecutive_nonfinite={limit}); stopping without saving. Lower optim.lr, "
-                "set optim.clip_norm, or use bf16."
-            )
 
     def state_dict(self) -> dict[str, Any]:
         return {

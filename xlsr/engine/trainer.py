@@ -17,6 +17,7 @@ train state and RNGs (`xlsr.engine.state`), the data stream (`xlsr.data.loader`)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -34,13 +35,18 @@ from xlsr.engine.backends.base import Weights
 from xlsr.engine.best import BestCheckpoint
 from xlsr.engine.checkpoint import Checkpointer, read_trainer_state
 from xlsr.engine.distributed import DistEnv, any_rank_host_each
+from xlsr.engine.health import HealthEvent, HealthSentinel, strongest
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
+from xlsr.engine.optim import reapply_schedule
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
+from xlsr.engine.watchdog import Watchdog
 from xlsr.evaluation.validate import Validator
+from xlsr.faults import read_faults
+from xlsr.fileio import atomic_write_text
 from xlsr.objectives import Objective, Prepared, build_objective
-from xlsr.process import StopRequest
-from xlsr.run_dir import CONFIG_NAME, RunHistory
+from xlsr.process import HEALTH_EXIT_CODE, StopRequest
+from xlsr.run_dir import CONFIG_NAME, HEALTH_DIR, RunHistory
 from xlsr.seeding import derive_seed
 from xlsr.weights import ENCODER_PREFIXES, UnreadableCheckpointError, read_weights
 
@@ -55,12 +61,16 @@ class Trainer:
         if env.is_main:
             _log_effective_batch(cfg, env.world_size)
         self.checkpointer = Checkpointer(cfg, env)
+        hang_s = cfg.health.hang_seconds(cfg.distributed.timeout_s)
+        self.watchdog = Watchdog(Path(cfg.run_dir), self.checkpointer.token, env.rank, env.world_size, hang_s)
         self.resume_from = self.checkpointer.resume_path()
         torch.manual_seed(cfg.seed)  # dropout and other draws from the global generators
         resume_world = read_trainer_state(self.resume_from)["world_size"] if self.resume_from else None
         self.objective: Objective = build_objective(cfg)
         initial = _init_from_weights(cfg, self.objective) if self.resume_from is None else None
-        self.backend = build_backend(cfg, env, self.objective, resume_world, initial)
+        self.sentinel = HealthSentinel(cfg.health, cfg.optim.max_consecutive_nonfinite)
+        lr_multiplier = self.sentinel.lr_multiplier
+        self.backend = build_backend(cfg, env, self.objective, resume_world, initial, lr_multiplier)
         if initial is not None and env.is_main:
             log.info("initialized weights from %s", cfg.checkpoint.init_from)
         self.model = self.backend.model
@@ -73,6 +83,14 @@ class Trainer:
             Validator(cfg, self.objective, env.rank, env.world_size, env.device) if cfg.data.valid else None
         )
         self.streams: list[dict] = []  # the latest per-(corpus, language) draws, for the summary
+        self.faults = read_faults()  # XLSR_FAULT, for tests and drills (xlsr/faults.py)
+        for never in self.faults.beyond(cfg.last_update, env.world_size) if env.is_main else []:
+            log.warning("XLSR_FAULT: %s: this fault never happens in this run", never)
+        # (step, keys) of every update since the save before the last one: what a health rollback
+        # to either of the two newest checkpoints skips.
+        self.recent_keys: list[tuple[int, list[str]]] = []
+        self.keys_after = 0  # the step of the save before the last one
+        self.rolled_back_to: Path | None = None
 
     def __enter__(self) -> Trainer:
         """Resume (`restore`) and hold the parts open for `step` / `interval_metrics` calls."""
@@ -84,6 +102,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the data loader and the backend (process groups, engines, threads)."""
+        self.watchdog.stop()
         self.data.close()
         self.backend.close()
 
@@ -91,8 +110,7 @@ class Trainer:
         """Resume from the newest complete checkpoint (model, optimizer, schedule, RNG, data)."""
         path = self.resume_from
         if path is not None:
-            shared = {"train": self.state, "backend": self.backend, "best": self.best}
-            rank_state = self.checkpointer.load(path, self.backend, shared)
+            rank_state = self.checkpointer.load(path, self.backend, self._shared())
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
                 self.data.load_state_dict(rank_state["data"])
@@ -104,6 +122,8 @@ class Trainer:
                     "%s, resuming on %d: model and optimizer state resharded", reason, self.env.world_size
                 )
                 self.data.reseed(self.state.step, reason)
+            # A checkpoint from before the health sentinel: its data position is its step.
+            self.sentinel.updates_drawn = max(self.sentinel.updates_drawn, self.state.step)
             if self.env.is_main:
                 log.info("resumed from %s at update %d", path, self.state.step)
         if self.state.run_uid is None:  # a new run
@@ -113,10 +133,16 @@ class Trainer:
             if self.state.wandb_run_id is None:
                 self.state.wandb_run_id = wandb_run_id(Path(self.cfg.run_dir))
             # A fresh start keeps nothing (not even an earlier attempt's validation at update 0).
-            RunHistory(Path(self.cfg.run_dir)).keep_until(self.state.step if path is not None else -1)
+            history = RunHistory(Path(self.cfg.run_dir))
+            history.keep_until(self.state.step if path is not None else -1, self.sentinel.updates_drawn)
 
     def fit(self) -> TrainResult:
-        self.restore()
+        self.watchdog.start()  # from here on, every way out of fit stops it (close)
+        try:
+            self.restore()
+        except BaseException:
+            self.close()
+            raise
         if self._stop_agreed():  # stopped during start-up: nothing new to save
             self.close()
             return TrainResult(status="preempted", step=self.state.step, checkpoint=self.resume_from)
@@ -138,6 +164,7 @@ class Trainer:
             raise
         finally:
             result.step = self.state.step
+            self.watchdog.beat("closing", self.state.step)
             reporter.close(result, self.best.summary(), self.streams)
             self.close()
         return result
@@ -151,14 +178,24 @@ class Trainer:
             step = self.state.step
             reporter.update_done()
             if step % cfg.logging.interval == 0 or step == last:
-                reporter.interval(step, self.interval_metrics())
-            else:
-                self.state.poll_nonfinite(cfg.optim.max_consecutive_nonfinite)
+                metrics = self.interval_metrics()
+                reporter.interval(step, metrics)
+                verdict = self._judge_health(step, metrics, reporter)
+                if verdict == "stop":
+                    result.status = "unhealthy"
+                    return
+                if verdict == "rollback":
+                    result.checkpoint = self.rolled_back_to
+                    continue  # back at an earlier step: nothing of this one is validated or saved
             best = self._validation_due(step) and self._validate(reporter)
+            waiting = time.perf_counter()
             stop, timed = self._agreed_flags(time.monotonic() - last_save)
+            self.meter.add_wait(time.perf_counter() - waiting)
             if best or stop or timed or step % cfg.checkpoint.interval_updates == 0 or step == last:
                 result.checkpoint = self._save(final=best or stop or step == last)
                 reporter.note(f"saved checkpoint {result.checkpoint}")
+                self.recent_keys = [entry for entry in self.recent_keys if entry[0] > self.keys_after]
+                self.keys_after = step
                 last_save = time.monotonic()
             if best:
                 self.best.record()
@@ -168,14 +205,25 @@ class Trainer:
 
     def step(self) -> None:
         """One optimizer update over ``update_freq`` micro-batches."""
+        drawn = self.sentinel.updates_drawn + 1  # the data's own update number: faults belong to it
+        self.watchdog.beat("data", self.state.step)
+        self._injected_hang(drawn)
         self.objective.set_num_updates(self.model, self.state.step)
         started = time.perf_counter()
         batches = [next(self.data) for _ in range(self.cfg.optim.update_freq)]
         data_wait = time.perf_counter() - started
+        self.watchdog.beat("update", self.state.step)
+        self.sentinel.updates_drawn = drawn
+        self.recent_keys.append((self.state.step + 1, [key for batch in batches for key in batch.keys]))
+        if drawn in self.faults.nonfinite_loss:
+            for batch in batches:
+                batch.source.fill_(float("nan"))
         first_micro = self.env.rank * self.cfg.optim.update_freq
         prepared = [self.prepare(batch, first_micro + index) for index, batch in enumerate(batches)]
         total_frames = torch.stack([p.sample_size for p in prepared]).sum()
+        waiting = time.perf_counter()
         dist.all_reduce(total_frames)
+        self.meter.add_wait(time.perf_counter() - waiting)
         # Loss sums are scaled so that the backends' average over ranks yields Σ∂L / N_total.
         loss_factor = self.env.world_size * self.backend.loss_multiplier() / total_frames.clamp(min=1)
         layer_keep = self._layer_keep()
@@ -183,12 +231,24 @@ class Trainer:
         for index, (batch, micro) in enumerate(zip(batches, prepared, strict=True)):
             with self.backend.micro_batch(last=index == len(prepared) - 1), self.backend.autocast():
                 loss, metrics = self.objective.loss(self.backend.module, micro, layer_keep)
+                if drawn in self.faults.loss_spike:
+                    loss = loss * self.faults.loss_factor(drawn)
                 self.backend.backward(loss * loss_factor)
             losses.append(loss.detach())
             self.meter.add_micro_batch(loss.detach(), metrics, batch.num_samples, batch.source.shape[0])
         skipped, grad_norm = self.backend.update(torch.stack(losses).sum())
         self.state.record_update(skipped)
         self.meter.add_update(skipped, grad_norm, data_wait)
+        if self.env.rank in self.faults.slow:  # XLSR_FAULT=slow@RANK:FACTOR, as if FACTOR times slower
+            time.sleep((self.faults.slow[self.env.rank] - 1) * (time.perf_counter() - started))
+
+    def _injected_hang(self, drawn: int) -> None:
+        """XLSR_FAULT=hang@U:RANK: this rank stops making progress (the watchdog ends the job). Only
+        in a job that started the run afresh: the resumed one goes on, as after a transient hang."""
+        if self.resume_from is None and self.faults.hangs_at(drawn, self.env.rank):
+            log.warning("XLSR_FAULT: rank %d hangs before update %d", self.env.rank, drawn)
+            while True:
+                time.sleep(60)
 
     def prepare(self, batch: Batch, micro_index: int) -> Prepared:
         """Move a batch to the device and let the objective draw its masks there.
@@ -219,10 +279,103 @@ class Trainer:
 
     def _validate(self, reporter: Reporter) -> bool:
         """Validate (and probe) now; True if this is the best validation so far (after update 0)."""
-        result = self.validator.run(self.backend.module, self.model, self.backend.autocast)
+        step = self.state.step
+        progress = lambda: self.watchdog.beat("validation", step)  # noqa: E731
+        result = self.validator.run(self.backend.module, self.model, self.backend.autocast, progress)
         best = self.best.offer(self.state.step, result.metrics)
         reporter.validation(self.state.step, {**result.metrics, "valid_seconds": result.seconds})
         return best
+
+    def _judge_health(self, step: int, metrics: dict[str, float], reporter: Reporter) -> str | None:
+        """Let the sentinel judge the interval; act on its strongest event. Returns "stop",
+        "rollback" (done: the run is back at an earlier step) or None (go on)."""
+        past_warmup = step >= 4 * max(self.cfg.optim.warmup_updates, 1)  # chance level is normal before
+        alarms = [*self.objective.alarms(metrics, past_warmup), *self.sentinel.stragglers(metrics)]
+        events = self.sentinel.observe(self.meter.updates, alarms, step)
+        worst = strongest(events)
+        for event in events:
+            if event is not worst or event.action == "warn":
+                reporter.health(event, self.sentinel.updates_drawn, "warning")
+        if worst is None or worst.action == "warn":
+            return None
+        reason = None
+        if worst.action == "rollback":
+            reason = self.sentinel.rollback_refused() or self._rollback(worst, reporter)
+            if reason is None:
+                return "rollback"
+        self._stop_unhealthy(worst, reason or f"health.{worst.signal}=stop", reporter)
+        return "stop"
+
+    def _stop_unhealthy(self, event: HealthEvent, reason: str, reporter: Reporter) -> None:
+        """End the run without saving. This run's checkpoints from after the onset are set aside, so
+        the same command (after a change) resumes from a healthy state."""
+        self.checkpointer.wait()
+        target = self.checkpointer.newest_intact_before(event.onset)
+        if target is not None:
+            self.checkpointer.set_aside_newer_than(read_trainer_state(target)["train"]["step"])
+        resume = f" (a rerun resumes from {target.name})" if target else ""
+        outcome = f"stopped: {reason}; nothing saved{resume}; exit {HEALTH_EXIT_CODE}"
+        reporter.health(event, self.sentinel.updates_drawn, outcome)
+
+    def _rollback(self, event: HealthEvent, reporter: Reporter) -> str | None:
+        """Restore the newest intact checkpoint from before ``event.onset`` and go on from there with
+        the data where it is now (past the updates in between). Returns why it cannot, or None."""
+        self.checkpointer.wait()
+        target = self.checkpointer.newest_intact_before(event.onset)
+        if target is None:
+            return f"no intact checkpoint from before update {event.onset} to roll back to"
+        to_step = read_trainer_state(target)["train"]["step"]
+        window = self._skipped_window(to_step, len(self.sentinel.rollbacks) + 1)
+        self.checkpointer.set_aside_newer_than(to_step)
+        # The sentinel takes the target's judging state itself, keeping its run-long records.
+        shared = {name: part for name, part in self._shared().items() if part is not self.sentinel}
+        rank_state = self.checkpointer.load(target, self.backend, shared)
+        self.sentinel.rolled_back(read_trainer_state(target).get("health"), event.step, to_step)
+        self.best.rewound(to_step)
+        if rank_state is not None:
+            self.rng.load_state_dict(rank_state["rng"])
+        self.meter.reset()
+        self.recent_keys, self.keys_after = [], to_step
+        reapply_schedule(self.backend.scheduler)
+        self.rolled_back_to = target
+        reporter.rewind(to_step)
+        outcome = (
+            f"rolled back to {target.name}, skipping the data of updates {to_step + 1}-{event.step} "
+            f"(rollback {len(self.sentinel.rollbacks)} of at most {self.cfg.health.max_rollbacks} per "
+            f"{self.cfg.health.rollback_window} updates)"
+        )
+        reporter.health(event, window["updates_drawn"], outcome, window)
+        if self.env.is_main:  # the undone updates' lines go; the health events stay
+            RunHistory(Path(self.cfg.run_dir)).keep_until(to_step, window["updates_drawn"])
+        return None
+
+    def _skipped_window(self, to_step: int, number: int) -> dict:
+        """What a rollback to ``to_step`` skips: the updates, and the keys of their utterances (every
+        rank's; those since the save before the last one), per stream; the keys go to
+        ``<run_dir>/health/rollback-N.json``."""
+        mine = [key for step, keys in self.recent_keys if step > to_step for key in keys]
+        first = next((step for step, _ in self.recent_keys if step > to_step), None)
+        gathered: list = [mine]
+        if self.env.world_size > 1:
+            gathered = [None] * self.env.world_size
+            dist.all_gather_object(gathered, mine, group=self.env.cpu_group)
+        keys = sorted(key for part in gathered for key in part)
+        streams = {
+            f"{c}/{lang}": sum(k.startswith(f"{c}_{lang}_") for k in keys) for c, lang in self.data.hours
+        }
+        window = {
+            "to_step": to_step,
+            "updates_drawn": self.sentinel.updates_drawn,
+            "skipped_updates": self.state.step - to_step,
+            "keys_from_update": first,
+            "utterances_by_stream": {name: n for name, n in streams.items() if n},
+            "keys_file": str(Path(self.cfg.run_dir) / HEALTH_DIR / f"rollback-{number}.json"),
+        }
+        if self.env.is_main:
+            path = Path(window["keys_file"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({**window, "keys": keys}, indent=1))
+        return window
 
     def _stream_rows(self) -> list[dict]:
         """What the job has drawn per (corpus, language), summed over every rank and worker."""
@@ -235,7 +388,6 @@ class Trainer:
         metrics = self.meter.reduce(self.state.step, self.data.skipped())
         self.streams = self._stream_rows()
         metrics.update(stream_metrics(self.streams))
-        self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
         metrics.update(self.objective.schedule_metrics(self.model))
         metrics.update(
             lr=self.backend.lr(),
@@ -258,13 +410,17 @@ class Trainer:
         stop, timed = any_rank_host_each([self.stop.requested, due], self.env)
         return stop, timed
 
+    def _shared(self) -> dict:
+        """The stateful parts every rank shares, saved once per checkpoint (``trainer.pt``)."""
+        return {"train": self.state, "backend": self.backend, "best": self.best, "health": self.sentinel}
+
     def _save(self, final: bool) -> Path:
-        self.state.check_nonfinite(self.cfg.optim.max_consecutive_nonfinite)
+        self.watchdog.beat("checkpoint save", self.state.step)
         # The last save of a run (finished or stopped) is synchronous: nothing may be left in flight.
         return self.checkpointer.save(
             self.state.step,
             self.backend,
-            shared={"train": self.state, "backend": self.backend, "best": self.best},
+            shared=self._shared(),
             per_rank={"rng": self.rng, "data": self.data, "meter": self.meter},
             asynchronous=self.cfg.checkpoint.async_save and not final,
         )

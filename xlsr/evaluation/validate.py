@@ -46,10 +46,17 @@ class Validator:
         self.fields = (*objective.spec.sums, "utterances")  # per-stream sums, in this order
         self.valid_set: ValidSet = load_valid_set(cfg.data, cfg.validation, rank, world_size)
 
-    def run(self, module: nn.Module, model: nn.Module, autocast: Autocast) -> ValidationResult:
-        """Validate ``module`` (``model``, possibly wrapped; every rank calls this together)."""
+    def run(
+        self,
+        module: nn.Module,
+        model: nn.Module,
+        autocast: Autocast,
+        progress: Callable[[], None] | None = None,
+    ) -> ValidationResult:
+        """Validate ``module`` (``model``, possibly wrapped; every rank calls this together);
+        ``progress`` is called after every utterance (the hang watchdog's beat)."""
         started = time.perf_counter()
-        sums, features = self._evaluate(module, model, autocast)
+        sums, features = self._evaluate(module, model, autocast, progress or (lambda: None))
         metrics = self._metrics(sums)
         if self.cfg.validation.probe and features is not None:
             languages = sorted({language for _, language in self.valid_set.streams})
@@ -60,7 +67,7 @@ class Validator:
         return ValidationResult(metrics, time.perf_counter() - started)
 
     def _evaluate(
-        self, module: nn.Module, model: nn.Module, autocast: Autocast
+        self, module: nn.Module, model: nn.Module, autocast: Autocast, progress: Callable[[], None]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = self.device
         sums = torch.zeros(len(self.valid_set.streams), len(self.fields), device=device, dtype=torch.float64)
@@ -79,6 +86,7 @@ class Validator:
                     if counted:
                         sums[utterance.stream] += row
                         features[utterance.index] = pooled[0]
+                    progress()
         finally:
             module.train(was_training)
         dist.all_reduce(sums)

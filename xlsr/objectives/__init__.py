@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from xlsr.config import TrainConfig
-from xlsr.objectives.base import BITS, MetricSpec, Objective, Prepared
+from xlsr.objectives.base import BITS, Alarm, MetricSpec, Objective, Prepared
 from xlsr.objectives.best_rq import BestRQObjective
 from xlsr.objectives.wav2vec2 import Wav2Vec2Objective
 
@@ -28,4 +28,4 @@ def build_objective(cfg: TrainConfig) -> Objective:
     return OBJECTIVES[cfg.objective.name](cfg)
 
 
-__all__ = ["BITS", "OBJECTIVES", "MetricSpec", "Objective", "Prepared", "build_objective"]
+__all__ = ["BITS", "OBJECTIVES", "Alarm", "MetricSpec", "Objective", "Prepared", "build_objective"]

@@ -43,6 +43,15 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Alarm:
+    """A failure signature an objective recognises in its interval metrics; ``signal`` names the
+    health policy that applies (``health.at_chance`` or ``health.codebook``)."""
+
+    signal: str
+    message: str
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     """The metrics an objective's loss returns and how they are reduced, shown and judged."""
 
@@ -112,7 +121,7 @@ class Objective(Protocol):
         """The validation console line's columns for this objective."""
         ...
 
-    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[str]:
+    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[Alarm]:
         """This objective's known failure signatures in one interval's metrics."""
         ...
 
@@ -126,12 +135,15 @@ class Objective(Protocol):
         ...
 
 
-def stuck_at_chance(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[str]:
+def stuck_at_chance(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[Alarm]:
     """The alarm every objective shares: its main loss still at chance level after warmup."""
     loss = metrics.get(spec.loss_key)
     if past_warmup and loss is not None and abs(loss - spec.chance_bits) < 0.01:
         return [
-            f"{spec.loss_key} {loss:.3f} bits = chance level: the predictions are uniform "
-            "(stuck run; lower the LR or raise the effective batch)"
+            Alarm(
+                "at_chance",
+                f"{spec.loss_key} {loss:.3f} bits = chance level: the predictions are uniform "
+                "(stuck run; lower the LR or raise the effective batch)",
+            )
         ]
     return []

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from xlsr.config import MEL_HOP_SAMPLES, SAMPLE_RATE, BestRQConfig, ModelConfig, TrainConfig
 from xlsr.model.encoder import SpeechEncoder, encoder_forward_flops, lengths_to_padding_mask
 from xlsr.model.masking import compute_mask_indices
-from xlsr.objectives.base import MetricSpec, Prepared, stuck_at_chance
+from xlsr.objectives.base import Alarm, MetricSpec, Prepared, stuck_at_chance
 
 MEL_WINDOW_SAMPLES = 400  # 25 ms
 
@@ -225,7 +225,7 @@ class BestRQObjective:
             f"code_perplexity {metrics['valid_code_perplexity']:.1f}",
         ]
 
-    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[str]:
+    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[Alarm]:
         """Stuck at chance; or targets that barely vary (too few codes in use: features not normalised,
         or silence-dominated data), which makes the task trivial."""
         alarms = stuck_at_chance(metrics, self.spec, past_warmup)
@@ -235,7 +235,8 @@ class BestRQObjective:
             and usage < 0.01 * self.spec.codebook_size
             and usage < 4 * self.cfg.num_codebooks
         ):
-            alarms.append(f"target code perplexity {usage:.1f}: the targets use almost no codes")
+            message = f"target code perplexity {usage:.1f}: the targets use almost no codes"
+            alarms.append(Alarm("codebook", message))
         return alarms
 
     def flops_per_crop(self, crop_samples: int) -> float:

@@ -17,7 +17,7 @@ from xlsr.model.encoder import encoder_forward_flops
 from xlsr.model.loss import pretraining_loss
 from xlsr.model.masking import sample_negatives
 from xlsr.model.wav2vec2 import Wav2Vec2Model
-from xlsr.objectives.base import BITS, MetricSpec, Prepared, stuck_at_chance
+from xlsr.objectives.base import BITS, Alarm, MetricSpec, Prepared, stuck_at_chance
 
 
 class Wav2Vec2Objective:
@@ -107,7 +107,7 @@ class Wav2Vec2Objective:
             f"code_perplexity {metrics['valid_code_perplexity']:.1f}",
         ]
 
-    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[str]:
+    def alarms(self, metrics: dict[str, float], past_warmup: bool) -> list[Alarm]:
         return collapse_alarms(metrics, self.spec, past_warmup)
 
     def flops_per_crop(self, crop_samples: int) -> float:
@@ -127,7 +127,7 @@ class Wav2Vec2Objective:
         return frames * per_frame
 
 
-def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[str]:
+def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bool) -> list[Alarm]:
     """Known failure signatures of wav2vec 2.0 pretraining (described in docs/training.md).
 
     - uniform logits: the contrastive loss sits at log2(K+1) bits, chance level for K negatives;
@@ -140,11 +140,15 @@ def collapse_alarms(metrics: dict[str, float], spec: MetricSpec, past_warmup: bo
     codes = spec.codebook_size
     if metrics.get("code_perplexity", codes) < 0.05 * codes and metrics.get("accuracy", 0.0) > 0.99:
         alarms.append(
-            f"code perplexity {metrics['code_perplexity']:.1f} with accuracy {metrics['accuracy']:.3f}: "
-            "codebook collapse (all negatives equal the positive)"
+            Alarm(
+                "codebook",
+                f"code perplexity {metrics['code_perplexity']:.1f} with accuracy {metrics['accuracy']:.3f}: "
+                "codebook collapse (all negatives equal the positive)",
+            )
         )
     if metrics.get("diversity", 0.0) > 0.95:
-        alarms.append(f"diversity term {metrics['diversity']:.3f} near 1: the codebook is barely used")
+        message = f"diversity term {metrics['diversity']:.3f} near 1: the codebook is barely used"
+        alarms.append(Alarm("codebook", message))
     return alarms
 
 

@@ -15,6 +15,8 @@ forward pass's precision context. Both skip a non-finite update on the device: t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xlsr.config import TrainConfig
 from xlsr.engine.backends.base import Backend, Weights
 from xlsr.engine.distributed import DistEnv
@@ -29,16 +31,18 @@ def build_backend(
     objective: Objective,
     resume_world_size: int | None,
     initial_weights: Weights | None,
+    lr_multiplier: Callable[[int], float] | None = None,
 ) -> Backend:
     """The backend named by ``distributed.backend``, with the objective's model built and initialised.
 
     ``resume_world_size`` is the world size of the checkpoint about to be loaded (None for a fresh
-    run); ``initial_weights`` are the ``checkpoint.init_from`` weights of a fresh run.
+    run); ``initial_weights`` are the ``checkpoint.init_from`` weights of a fresh run;
+    ``lr_multiplier(n)`` multiplies the LR schedule (the health sentinel's damping after a rollback).
     """
     if cfg.distributed.backend == "deepspeed":
         from xlsr.engine.backends.deepspeed_backend import DeepSpeedBackend
 
-        return DeepSpeedBackend(cfg, env, objective, resume_world_size, initial_weights)
+        return DeepSpeedBackend(cfg, env, objective, resume_world_size, initial_weights, lr_multiplier)
     from xlsr.engine.backends.torch_backend import TorchBackend
 
-    return TorchBackend(cfg, env, objective, initial_weights)
+    return TorchBackend(cfg, env, objective, initial_weights, lr_multiplier)

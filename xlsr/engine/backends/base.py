@@ -29,6 +29,7 @@ class Weights:
 class Backend(Protocol):
     model: SpeechEncoder  # the plain model (schedules, frame geometry); same parameters as ``module``
     module: nn.Module  # what the trainer calls for the forward pass
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # the LR schedule (`xlsr.engine.optim`)
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class DeepSpeedBackend:
         objective: Objective,
         resume_world_size: int | None,
         initial_weights: Weights | None = None,
+        lr_multiplier: Callable[[int], float] | None = None,
     ):
         self.cfg, self.env = cfg, env
         self.universal = resume_world_size is not None and resume_world_size != env.world_size
@@ -77,7 +79,7 @@ class DeepSpeedBackend:
             load_initial_weights(model, initial_weights, full_state_dict=False)
         apply_activation_checkpointing(model, cfg.distributed)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
-        scheduler = build_scheduler(self.optimizer, cfg.optim)
+        scheduler = build_scheduler(self.optimizer, cfg.optim, lr_multiplier)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=self.optimizer,

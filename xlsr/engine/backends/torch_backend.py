@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ from xlsr.weights.safe_load import SafeLoadPlanner, SafeReader
 
 class TorchBackend:
     def __init__(
-        self, cfg: TrainConfig, env: DistEnv, objective: Objective, initial_weights: Weights | None = None
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        objective: Objective,
+        initial_weights: Weights | None = None,
+        lr_multiplier: Callable[[int], float] | None = None,
     ):
         self.cfg, self.env = cfg, env
         if cfg.distributed.backend == "fsdp":  # sharded first, then initialised shard by shard
@@ -41,7 +47,7 @@ class TorchBackend:
         if initial_weights is not None:
             load_initial_weights(self.module, initial_weights, full_state_dict=True)
         self.optimizer = build_optimizer(self.module.parameters(), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, lr_multiplier)
         self.fp16 = cfg.distributed.precision == "fp16"
         self.scale = torch.ones((), device=env.device)
         # The writer thread of an async save runs collectives while training runs its own; on a shared
