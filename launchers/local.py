@@ -16,7 +16,15 @@ import subprocess
 import sys
 import time
 
-from xlsr.process import ABORTED_EXIT_CODE, CTRL_C_ABORTED, INTERRUPT, LAUNCHED_ENV, STOP_SIGNALS, free_port
+from xlsr.process import (
+    ABORTED_EXIT_CODE,
+    CTRL_C_ABORTED,
+    HANG_EXIT_CODE,
+    INTERRUPT,
+    LAUNCHED_ENV,
+    STOP_SIGNALS,
+    free_port,
+)
 
 
 def launch_local(
@@ -56,6 +64,10 @@ def launch_local(
             signal.signal(sig, handler)
 
 
+# How long the other ranks get to leave by themselves after one exits 76 (the watchdog's own wait).
+HANG_GRACE_S = 60.0
+
+
 def _forward(procs: list[subprocess.Popen], signum: int) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -71,10 +83,18 @@ def _wait(procs: list[subprocess.Popen], grace_s: float, interrupts: list[int]) 
             return ABORTED_EXIT_CODE
         failed = [code for code in codes if code not in (None, 0)]
         if failed:
+            if HANG_EXIT_CODE in failed:  # the hang watchdog ends every rank itself, in order
+                _wait_for_exit(procs, HANG_GRACE_S)
             _terminate(procs, grace_s)
             return failed[0]
         if all(code == 0 for code in codes):
             return 0
+        time.sleep(0.2)
+
+
+def _wait_for_exit(procs: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
         time.sleep(0.2)
 
 

@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (this process's rank of) pretraining; ``result.exit_code`` is 0, or 75 after a stop signal."""
+    """Run (this process's rank of) pretraining; ``result.exit_code`` is 0, 75 after a stop signal,
+    or 78 when the health sentinel stopped the run (docs/training.md, "Health"). A hung job ends its
+    processes itself with exit code 76."""
     from xlsr.engine.run import train as run_training
 
     return run_training(cfg)

@@ -25,6 +25,9 @@ PREEMPTED_EXIT_CODE = 75
 # The health sentinel stopped the run (health.<signal>=stop, or too many rollbacks): run it again
 # only after a change (docs/training.md, "Health"). sysexits EX_CONFIG.
 HEALTH_EXIT_CODE = 78
+# A rank made no progress for health.hang_s: stacks in <run_dir>/hangs/; the same command resumes.
+# sysexits EX_PROTOCOL.
+HANG_EXIT_CODE = 76
 USER_ERROR_EXIT_CODE = 2
 ABORTED_EXIT_CODE = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

@@ -38,6 +38,9 @@ A rank whose peer is gone (its task was killed, its node died) fails in its next
 once when the peer's connection closes, after ``distributed.timeout_s`` when it just stops
 answering. It logs one line that says so and names the checkpoint a new submission of the same
 command resumes from, and exits with ``LOST_RANK_EXIT_CODE``; the job ends FAILED (not requeued).
+A rank that is alive but makes no progress is the hang watchdog's (`xlsr.engine.watchdog`): it ends
+every rank with exit code 76 and the rank that declares the hang requeues the job (the same rules as
+above: ``launcher.max_requeues``).
 """
 
 from __future__ import annotations
@@ -154,10 +157,12 @@ class TrainTask:
                 self.run_dir,
             )
         # A hung job is requeued by the rank that declares the hang (xlsr.engine.watchdog).
-        HANG_HOOKS.append(lambda _line: requeue_or_stop(job_id, restarts, self.max_requeues, "hung"))
+        requeue = lambda _line: requeue_or_stop(job_id, restarts, self.max_requeues, "hung")  # noqa: E731
+        HANG_HOOKS.append(requeue)
         try:
             code = train_run_dir(Path(self.run_dir))
         finally:
+            HANG_HOOKS.remove(requeue)
             signals.close()
         if code == 0:
             return {"status": "finished", "run_dir": self.run_dir, "rank": dist_env.rank}
@@ -189,10 +194,12 @@ def _configure_logging(rank: int) -> None:
 
 
 def train_run_dir(run_dir: Path) -> int:
-    """Train on the run directory's saved config; returns the exit code (0, 75, 2 for a bad config,
-    or ``LOST_RANK_EXIT_CODE`` when another rank of the job is gone)."""
+    """Train on the run directory's saved config; returns the exit code (0, 75, 78 from the health
+    sentinel, 2 for a bad config or XLSR_FAULT, or ``LOST_RANK_EXIT_CODE`` when another rank of the
+    job is gone). A hang ends the process from the watchdog thread (76)."""
     from xlsr import train
     from xlsr.config import ConfigError
+    from xlsr.faults import FaultSpecError
 
     cfg = None
     try:
@@ -200,7 +207,7 @@ def train_run_dir(run_dir: Path) -> int:
         if cfg is None:
             raise ConfigError(f"config file not found: {config_path(run_dir)}")
         return train(cfg).exit_code
-    except ConfigError as exc:
+    except (ConfigError, FaultSpecError) as exc:
         log.error("cannot train %s: %s", run_dir, exc)
         return USER_ERROR_EXIT_CODE
     except Exception as exc:

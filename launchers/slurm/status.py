@@ -51,7 +51,7 @@ class RunStatus:
     run_dir: Path
     job_id: str
     job: JobInfo | None  # None: SLURM does not know the job (any more)
-    last_metrics: dict[str, Any] | None  # the last record of metrics.jsonl
+    last_metrics: dict[str, Any] | None  # the last training record of metrics.jsonl
     summary: dict[str, Any] | None  # summary.json, written when a start ends
 
 
@@ -71,13 +71,16 @@ def run_status(run_dir: Path) -> RunStatus:
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:
-    """The last complete line of a JSONL file that rank 0 may be appending to right now."""
+    """The last complete training line (not a validation or health one) of metrics.jsonl, which rank
+    0 may be appending to right now."""
     lines = path.read_text().splitlines() if path.is_file() else []
     for line in reversed(lines):
         try:
-            return json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and "kind" not in record:
+            return record
     return None
 
 

@@ -131,8 +131,13 @@ class Checkpointer:
         return None
 
     def newest_intact_before(self, step: int) -> Path | None:
-        """The newest intact checkpoint of a step below ``step`` (a health rollback's target)."""
-        for found_step, path in reversed(complete_checkpoints(self.root)):
+        """The newest intact checkpoint of a step below ``step`` (a health rollback's target). Rank 0
+        lists the candidates, so every rank checks the same ones (a file system's directory cache may
+        differ between nodes)."""
+        found = [complete_checkpoints(self.root) if self.env.is_main else None]
+        if self.env.world_size > 1:
+            dist.broadcast_object_list(found, src=0, group=self.env.cpu_group)
+        for found_step, path in reversed(found[0]):
             if found_step < step and path not in self._damaged and self.damage(path) is None:
                 return path
         return None
@@ -144,7 +149,7 @@ class Checkpointer:
         if self.env.is_main:
             for found_step, path in complete_checkpoints(self.root):
                 if found_step > step and self._is_ours(path):
-                    path.rename(path.with_name(f"{path.name}.rolled-back-{self.token}"))
+                    path.rename(free_sibling_name(path, f"rolled-back-{self.token}"))
             fsync_dir(self.root)
         if self.env.world_size > 1:
             dist.barrier(group=self.env.cpu_group)
@@ -283,6 +288,15 @@ class Checkpointer:
         rank_file = path / rank_file_name(self.env.rank)
         same_world = trainer_state["world_size"] == self.env.world_size
         return torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
+
+
+def free_sibling_name(path: Path, label: str) -> Path:
+    """``<path>.<label>``, or ``<path>.<label>-2``, ... : the first name not taken."""
+    candidate, number = path.with_name(f"{path.name}.{label}"), 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{label}-{number}")
+    return candidate
 
 
 def rank_file_name(rank: int) -> str:

@@ -65,6 +65,8 @@ class HealthSentinel:
         self.rollbacks: list[tuple[int, int, int]] = []
         self.updates_drawn = 0
         self._straggler = (-1, 0)  # (rank, intervals in a row it was the slowest by far)
+        # The last interval's largest z-scores (logged: how close a healthy run comes to a threshold).
+        self.largest_z = {"loss_spike": 0.0, "grad_norm": 0.0}
 
     def _start_judging(self) -> None:
         self.losses: list[float] = []  # the last ``window`` healthy updates
@@ -78,6 +80,7 @@ class HealthSentinel:
     def observe(self, updates: list[UpdateRecord], alarms: list[Alarm], step: int) -> list[HealthEvent]:
         """The events of one logging interval, at most one per signal, ordered by onset."""
         events: dict[str, HealthEvent] = {}
+        self.largest_z = {"loss_spike": 0.0, "grad_norm": 0.0}
         for update in updates:
             for signal, onset, message in self._judge(update):
                 if signal not in events:
@@ -112,7 +115,8 @@ class HealthSentinel:
 
     def _judge(self, update: UpdateRecord) -> list[tuple[str, int, str]]:
         """(signal, onset, message) of each anomaly this update shows."""
-        if update.skipped or not math.isfinite(update.loss):
+        # A non-finite gradient norm without the skip flag: DeepSpeed's own fp16 overflow skip.
+        if update.skipped or not (math.isfinite(update.loss) and math.isfinite(update.grad_norm)):
             self.streak += 1
             if self.streak == 1:
                 self.streak_onset = update.step
@@ -124,12 +128,14 @@ class HealthSentinel:
         self.streak = 0
         found = []
         z = self._z(self.losses, update.loss)
+        self.largest_z["loss_spike"] = max(self.largest_z["loss_spike"], z)
         if z > self.cfg.loss_spike_z:
             found.append(("loss_spike", update.step, f"loss {update.loss:.3f} bits at update {update.step}: "
                           f"{z:.1f} robust sd above the median {statistics.median(self.losses):.3f} of "
                           f"the last {len(self.losses)} updates"))  # fmt: skip
         log_norm = math.log(max(update.grad_norm, 1e-12))
         z_grad = self._z(self.log_grad_norms, log_norm)
+        self.largest_z["grad_norm"] = max(self.largest_z["grad_norm"], z_grad)
         if z_grad > self.cfg.grad_norm_z:
             message = f"gradient norm {update.grad_norm:.3g} at update {update.step}: {z_grad:.1f} robust sd"
             found.append(("grad_norm", update.step, message + " above the recent median"))

@@ -150,7 +150,10 @@ class IntervalMeter:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums.copy_(state["sums"])
         trace = state.get("trace", torch.zeros(0, TRACE_COLUMNS))  # absent before the health sentinel
-        self.trace.zero_()
+        # Room for the rest of the interval, whatever logging.interval the checkpoint was taken under.
+        self.trace = torch.zeros(
+            len(trace) + self.cfg.logging.interval, TRACE_COLUMNS, device=self.env.device
+        )
         self.trace[: len(trace)] = trace
         self.traced = len(trace)
         self.data_wait, self._elapsed_before = state["data_wait"], state["elapsed"]

@@ -40,9 +40,9 @@ from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.optim import reapply_schedule
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
-from xlsr.engine.watchdog import Watchdog
+from xlsr.engine.watchdog import Watchdog, hung_before
 from xlsr.evaluation.validate import Validator
-from xlsr.faults import read_faults
+from xlsr.faults import FAULT_ENV, Faults, read_faults
 from xlsr.fileio import atomic_write_text
 from xlsr.objectives import Objective, Prepared, build_objective
 from xlsr.process import HEALTH_EXIT_CODE, StopRequest
@@ -51,6 +51,9 @@ from xlsr.seeding import derive_seed
 from xlsr.weights import ENCODER_PREFIXES, UnreadableCheckpointError, read_weights
 
 log = logging.getLogger("xlsr.train")
+# A rollback's record names the utterances of at most this many of the updates it skips (per rank,
+# the keys are held in memory until the save after next).
+RECENT_KEYS_MAX_UPDATES = 10_000
 
 
 class Trainer:
@@ -84,6 +87,9 @@ class Trainer:
         )
         self.streams: list[dict] = []  # the latest per-(corpus, language) draws, for the summary
         self.faults = read_faults()  # XLSR_FAULT, for tests and drills (xlsr/faults.py)
+        if env.is_main and self.faults != Faults():  # a leftover variable must not go unnoticed
+            log.warning("%s=%s: injecting faults into this run (docs/training.md, Health)",
+                        FAULT_ENV, os.environ.get(FAULT_ENV))  # fmt: skip
         for never in self.faults.beyond(cfg.last_update, env.world_size) if env.is_main else []:
             log.warning("XLSR_FAULT: %s: this fault never happens in this run", never)
         # (step, keys) of every update since the save before the last one: what a health rollback
@@ -91,6 +97,7 @@ class Trainer:
         self.recent_keys: list[tuple[int, list[str]]] = []
         self.keys_after = 0  # the step of the save before the last one
         self.rolled_back_to: Path | None = None
+        self._failure: str | None = None  # the type of the error that ended fit, if one did
 
     def __enter__(self) -> Trainer:
         """Resume (`restore`) and hold the parts open for `step` / `interval_metrics` calls."""
@@ -100,9 +107,10 @@ class Trainer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Release the data loader and the backend (process groups, engines, threads)."""
-        self.watchdog.stop()
+    def close(self, failure: str | None = None) -> None:
+        """Release the data loader and the backend (process groups, engines, threads); ``failure``
+        names the error that ended the run, if one did."""
+        self.watchdog.stop(failure)
         self.data.close()
         self.backend.close()
 
@@ -111,6 +119,8 @@ class Trainer:
         path = self.resume_from
         if path is not None:
             rank_state = self.checkpointer.load(path, self.backend, self._shared())
+            # A checkpoint from before the health sentinel: its data position is its step.
+            self.sentinel.updates_drawn = max(self.sentinel.updates_drawn, self.state.step)
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
                 self.data.load_state_dict(rank_state["data"])
@@ -121,9 +131,9 @@ class Trainer:
                 log.warning(
                     "%s, resuming on %d: model and optimizer state resharded", reason, self.env.world_size
                 )
-                self.data.reseed(self.state.step, reason)
-            # A checkpoint from before the health sentinel: its data position is its step.
-            self.sentinel.updates_drawn = max(self.sentinel.updates_drawn, self.state.step)
+                # By the data position: data a rollback skipped stays skipped.
+                self.data.reseed(self.sentinel.updates_drawn, reason)
+            self.watchdog.beat("start-up", self.state.step)
             if self.env.is_main:
                 log.info("resumed from %s at update %d", path, self.state.step)
         if self.state.run_uid is None:  # a new run
@@ -138,15 +148,34 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self.watchdog.start()  # from here on, every way out of fit stops it (close)
+        result = TrainResult(status="finished", step=self.state.step, checkpoint=self.resume_from)
+        reporter: Reporter | None = None
         try:
             self.restore()
-        except BaseException:
-            self.close()
+            result.step, result.checkpoint = self.state.step, self.resume_from
+            if self._stop_agreed():  # stopped during start-up: nothing new to save
+                result.status = "preempted"
+                return result
+            reporter = self._start_reporting(result)
+            if self.validator is not None and self.state.step == 0:
+                self._validate(reporter)  # the baseline: the model before any update
+            self._loop(reporter, result)
+        except BaseException as exc:
+            self.watchdog.exit_if_hung()  # an error from a collective whose peer the watchdog ended
+            result.status = "failed"
+            self._failure = type(exc).__name__
             raise
-        if self._stop_agreed():  # stopped during start-up: nothing new to save
-            self.close()
-            return TrainResult(status="preempted", step=self.state.step, checkpoint=self.resume_from)
-        result = TrainResult(status="finished", step=self.state.step, checkpoint=self.resume_from)
+        finally:
+            result.step = self.state.step
+            self.watchdog.beat("closing", self.state.step)
+            if reporter is not None:
+                reporter.close(result, self.best.summary(), self.streams)
+            self.close(self._failure)
+        return result
+
+    def _start_reporting(self, result: TrainResult) -> Reporter:
+        """The plan, the reporter (console, metrics.jsonl, W&B), the saved config, the data mixture."""
+        self.watchdog.beat("start-up", self.state.step)
         plan = _plan_figures(self.cfg, self.env) if self.env.is_main else None
         reporter = Reporter(
             self.cfg, self.objective, self.env.is_main, self.state.step, self.state.wandb_run_id, plan
@@ -155,19 +184,7 @@ class Trainer:
         if self.env.is_main:
             save_config(self.recipe, Path(self.cfg.run_dir) / CONFIG_NAME)
         reporter.data_mixture(self.data.probability_table(), self.data.hours, self.data.hour_probs)
-        try:
-            if self.validator is not None and self.state.step == 0:
-                self._validate(reporter)  # the baseline: the model before any update
-            self._loop(reporter, result)
-        except BaseException:
-            result.status = "failed"
-            raise
-        finally:
-            result.step = self.state.step
-            self.watchdog.beat("closing", self.state.step)
-            reporter.close(result, self.best.summary(), self.streams)
-            self.close()
-        return result
+        return reporter
 
     def _loop(self, reporter: Reporter, result: TrainResult) -> None:
         cfg, last = self.cfg, self.cfg.last_update
@@ -178,11 +195,13 @@ class Trainer:
             step = self.state.step
             reporter.update_done()
             if step % cfg.logging.interval == 0 or step == last:
+                self.watchdog.beat("metrics", step)
                 metrics = self.interval_metrics()
+                events = self._health_events(step, metrics)  # adds the interval's largest z-scores
                 reporter.interval(step, metrics)
-                verdict = self._judge_health(step, metrics, reporter)
+                verdict = self._act_on_health(events, reporter)
                 if verdict == "stop":
-                    result.status = "unhealthy"
+                    result.status, result.checkpoint = "unhealthy", self.rolled_back_to
                     return
                 if verdict == "rollback":
                     result.checkpoint = self.rolled_back_to
@@ -215,6 +234,7 @@ class Trainer:
         self.watchdog.beat("update", self.state.step)
         self.sentinel.updates_drawn = drawn
         self.recent_keys.append((self.state.step + 1, [key for batch in batches for key in batch.keys]))
+        del self.recent_keys[:-RECENT_KEYS_MAX_UPDATES]
         if drawn in self.faults.nonfinite_loss:
             for batch in batches:
                 batch.source.fill_(float("nan"))
@@ -243,9 +263,9 @@ class Trainer:
             time.sleep((self.faults.slow[self.env.rank] - 1) * (time.perf_counter() - started))
 
     def _injected_hang(self, drawn: int) -> None:
-        """XLSR_FAULT=hang@U:RANK: this rank stops making progress (the watchdog ends the job). Only
-        in a job that started the run afresh: the resumed one goes on, as after a transient hang."""
-        if self.resume_from is None and self.faults.hangs_at(drawn, self.env.rank):
+        """XLSR_FAULT=hang@U:RANK: this rank stops making progress (the watchdog ends the job). Once
+        per run directory: the job after a hang goes on, as after a transient one."""
+        if self.faults.hangs_at(drawn, self.env.rank) and not hung_before(Path(self.cfg.run_dir)):
             log.warning("XLSR_FAULT: rank %d hangs before update %d", self.env.rank, drawn)
             while True:
                 time.sleep(60)
@@ -286,12 +306,17 @@ class Trainer:
         reporter.validation(self.state.step, {**result.metrics, "valid_seconds": result.seconds})
         return best
 
-    def _judge_health(self, step: int, metrics: dict[str, float], reporter: Reporter) -> str | None:
-        """Let the sentinel judge the interval; act on its strongest event. Returns "stop",
-        "rollback" (done: the run is back at an earlier step) or None (go on)."""
+    def _health_events(self, step: int, metrics: dict[str, float]) -> list[HealthEvent]:
+        """The sentinel's judgement of the interval that ends at ``step``."""
         past_warmup = step >= 4 * max(self.cfg.optim.warmup_updates, 1)  # chance level is normal before
         alarms = [*self.objective.alarms(metrics, past_warmup), *self.sentinel.stragglers(metrics)]
         events = self.sentinel.observe(self.meter.updates, alarms, step)
+        metrics.update({f"health_{signal}_z_max": z for signal, z in self.sentinel.largest_z.items()})
+        return events
+
+    def _act_on_health(self, events: list[HealthEvent], reporter: Reporter) -> str | None:
+        """Report the events and act on the strongest. Returns "stop", "rollback" (done: the run is
+        back at an earlier step) or None (go on)."""
         worst = strongest(events)
         for event in events:
             if event is not worst or event.action == "warn":
@@ -309,17 +334,26 @@ class Trainer:
     def _stop_unhealthy(self, event: HealthEvent, reason: str, reporter: Reporter) -> None:
         """End the run without saving. This run's checkpoints from after the onset are set aside, so
         the same command (after a change) resumes from a healthy state."""
+        self.watchdog.beat("closing", self.state.step)
         self.checkpointer.wait()
         target = self.checkpointer.newest_intact_before(event.onset)
+        resume, drawn, self.rolled_back_to = "", 0, None
         if target is not None:
-            self.checkpointer.set_aside_newer_than(read_trainer_state(target)["train"]["step"])
-        resume = f" (a rerun resumes from {target.name})" if target else ""
+            saved = read_trainer_state(target)
+            to_step = saved["train"]["step"]
+            self.checkpointer.set_aside_newer_than(to_step)
+            self.best.load_state_dict(saved["best"])
+            self.best.rewound(to_step)
+            self.rolled_back_to, resume = target, f" (a rerun resumes from {target.name})"
+            drawn = (saved.get("health") or {}).get("updates_drawn", to_step)
         outcome = f"stopped: {reason}; nothing saved{resume}; exit {HEALTH_EXIT_CODE}"
-        reporter.health(event, self.sentinel.updates_drawn, outcome)
+        # Logged at the data position of the checkpoint a rerun resumes from, so the rerun keeps it.
+        reporter.health(event, drawn, outcome)
 
     def _rollback(self, event: HealthEvent, reporter: Reporter) -> str | None:
         """Restore the newest intact checkpoint from before ``event.onset`` and go on from there with
         the data where it is now (past the updates in between). Returns why it cannot, or None."""
+        self.watchdog.beat("rollback", self.state.step)
         self.checkpointer.wait()
         target = self.checkpointer.newest_intact_before(event.onset)
         if target is None:
@@ -355,11 +389,11 @@ class Trainer:
         ``<run_dir>/health/rollback-N.json``."""
         mine = [key for step, keys in self.recent_keys if step > to_step for key in keys]
         first = next((step for step, _ in self.recent_keys if step > to_step), None)
-        gathered: list = [mine]
+        gathered: list | None = [mine]
         if self.env.world_size > 1:
-            gathered = [None] * self.env.world_size
-            dist.all_gather_object(gathered, mine, group=self.env.cpu_group)
-        keys = sorted(key for part in gathered for key in part)
+            gathered = [None] * self.env.world_size if self.env.is_main else None
+            dist.gather_object(mine, gathered, dst=0, group=self.env.cpu_group)
+        keys = sorted(key for part in gathered or [] for key in part)  # rank 0's alone
         streams = {
             f"{c}/{lang}": sum(k.startswith(f"{c}_{lang}_") for k in keys) for c, lang in self.data.hours
         }

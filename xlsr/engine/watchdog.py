@@ -4,18 +4,21 @@ rank's Python stacks on disk and one line naming the rank that stopped first.
 The loop calls ``beat(phase, step)`` whenever it enters a phase (data, update, validation, save):
 two attribute writes, no synchronisation. A daemon thread per rank, every ``period`` seconds:
 
-1. refreshes ``<run_dir>/heartbeats/<job>/rank-R.json`` (this rank's last progress, its phase,
-   host and pid), so any rank can tell which one stopped first, even one frozen with the GIL held;
-2. if another rank has declared a hang (``<run_dir>/hangs/<job>/HANG``), dumps its own stacks there
-   and exits ``HANG_EXIT_CODE`` at once;
-3. if this rank has made no progress for ``hang_s``: dumps its stacks, declares the hang (the first
-   rank to do so prints the one line and runs the hang hooks, e.g. a SLURM requeue), waits until
-   every rank's stacks are written, and exits ``HANG_EXIT_CODE``.
+1. if this rank has made no progress for ``hang_s``, *fires*: dumps its stacks to
+   ``<run_dir>/hangs/<job>/rank-R.txt`` and declares the hang (``HANG`` beside them); the first rank
+   to declare prints the one line, naming the rank that stopped first by the heartbeats;
+2. if another rank has declared a hang, dumps its own stacks;
+3. refreshes ``<run_dir>/heartbeats/<job>/rank-R.json`` (its step, phase, host), so any rank can
+   name the one that stopped first, even one frozen with the GIL held.
 
-Every rank leaves through its watchdog, in that order: none is left raising "connection closed"
-from a collective whose peer has gone. ``<job>`` is the job's checkpoint token, so a requeued job
-never mistakes an earlier job's files for its own. ``hang_s`` must be shorter than
-``distributed.timeout_s`` (config validation), or a collective would time out first.
+A rank that has dumped its stacks waits (a few periods at most) until every rank's are on disk, and
+exits ``HANG_EXIT_CODE``; the declaring rank runs the hang hooks (a SLURM requeue) last. A rank's
+main thread that meets a closed connection meanwhile exits the same way (`exit_if_hung`), so the job
+ends without tracebacks. A rank that failed with an error keeps its heartbeat, marked failed: peers
+waiting for it name it and exit 1 (an internal error is not requeued). If the watchdog thread itself
+cannot run (a file system that stopped answering), faulthandler's C-level timer dumps the stacks to
+stderr and ends the process ``BACKSTOP_S`` later. ``<job>`` is the job's checkpoint token, so a
+requeued job never mistakes an earlier job's files for its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -32,11 +36,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xlsr.fileio import atomic_write_text
+from xlsr.process import HANG_EXIT_CODE
 
-HANG_EXIT_CODE = 76  # sysexits EX_PROTOCOL: the job stopped answering; run it again to resume
+FAILED_EXIT_CODE = 1  # a peer failed with an error: not a hang, not requeued
 HEARTBEAT_DIR, HANG_DIR, HANG_MARKER = "heartbeats", "hangs", "HANG"
-# Called (with the one line) by the rank that declares a hang, before the job exits: a launcher's
-# way to requeue the job (`launchers.slurm.job`).
+FAILED_PHASE = "failed"
+# The order of a rank's phases within one update: at the same step, the rank in an earlier phase is
+# the one the others wait for.
+PHASES = ("start-up", "data", "update", "metrics", "validation", "checkpoint save", "rollback", "closing")
+BACKSTOP_S = 120.0  # after hang_s, if the watchdog thread is stuck itself
+# Called (with the one line) by the rank that declares a hang, before it exits: a launcher's way to
+# requeue the job (`launchers.slurm.job`).
 HANG_HOOKS: list[Callable[[str], None]] = []
 
 
@@ -49,66 +59,99 @@ class Watchdog:
         self.phase, self.step = "start-up", 0
         self._last = time.monotonic()
         self._stopped = threading.Event()
+        self._exiting = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="xlsr-watchdog", daemon=True)
 
     def start(self) -> Watchdog:
-        if self.hang_s > 0:
-            self.heartbeats.mkdir(parents=True, exist_ok=True)
-            self._write_heartbeat(0.0)
-            self._thread.start()
+        """Start watching (the clock starts now); rank 0 clears earlier jobs' heartbeats (those jobs
+        are gone: this one holds the run's lock)."""
+        if self.hang_s <= 0:
+            return self
+        if self.rank == 0:
+            for earlier in self.heartbeats.parent.glob("*"):
+                if earlier != self.heartbeats:
+                    shutil.rmtree(earlier, ignore_errors=True)
+        self.heartbeats.mkdir(parents=True, exist_ok=True)
+        self.beat("start-up", 0)
+        self._write_heartbeat()
+        self._thread.start()
         return self
 
     def beat(self, phase: str, step: int) -> None:
         self.phase, self.step, self._last = phase, step, time.monotonic()
 
-    def stop(self) -> None:
-        """A clean end: the thread stops and this rank's heartbeat file goes."""
-        if self._thread.is_alive():
-            self._stopped.set()
-            self._thread.join(timeout=2 * self.period)
-            with contextlib.suppress(OSError):
-                (self.heartbeats / f"rank-{self.rank}.json").unlink()
-                self.heartbeats.rmdir()  # the last rank out removes the job's folder
+    def stop(self, failure: str | None = None) -> None:
+        """End watching. A clean end removes this rank's heartbeat; a ``failure`` (the error's type)
+        is left in it, for peers that wait for this rank in a collective."""
+        if not self._thread.is_alive():
+            return
+        self._stopped.set()
+        self._thread.join(timeout=2 * self.period)
+        faulthandler.cancel_dump_traceback_later()
+        if failure is not None:
+            self.beat(FAILED_PHASE, self.step)
+            self._write_heartbeat(failure)
+            return
+        with contextlib.suppress(OSError):
+            (self.heartbeats / f"rank-{self.rank}.json").unlink()
+            self.heartbeats.rmdir()  # the last rank out removes the job's folder
+
+    def exit_if_hung(self) -> None:
+        """From the main thread, on an error: a declared hang explains it (a collective whose peer is
+        gone); leave as the watchdog would, without the error's traceback."""
+        if self._thread.is_alive() and (self.hangs / HANG_MARKER).exists():
+            self._leave(declared=False, line="")
 
     def _watch(self) -> None:
         while not self._stopped.wait(self.period):
-            idle = time.monotonic() - self._last
-            self._write_heartbeat(idle)
+            faulthandler.dump_traceback_later(self.hang_s + BACKSTOP_S, exit=True)
+            if time.monotonic() - self._last >= self.hang_s:
+                self._fire()
             if (self.hangs / HANG_MARKER).exists():
-                self._dump_stacks()
-                os._exit(HANG_EXIT_CODE)
-            if idle >= self.hang_s:
-                self._fire(idle)
+                self._leave(declared=False, line="")
+            self._write_heartbeat()
 
-    def _write_heartbeat(self, idle: float) -> None:
-        now = time.time()
+    def _write_heartbeat(self, failure: str | None = None) -> None:
         record = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "phase": self.phase}
-        record |= {"step": self.step, "progress_at": now - idle, "written_at": now}
+        record |= {"step": self.step, "progress_at": time.time() - (time.monotonic() - self._last)}
+        if failure is not None:
+            record["failure"] = failure
         # A full or read-only disk must not end training; the stack dump will say more.
         with contextlib.suppress(OSError):
             atomic_write_text(self.heartbeats / f"rank-{self.rank}.json", json.dumps(record))
 
-    def _fire(self, idle: float) -> None:
+    def _fire(self) -> None:
+        culprit = self._first_to_stop()
+        failed = culprit.get("failure")
+        where = f"rank {culprit['rank']} on {culprit['host']}"
+        if failed:
+            line = (f"hang: {where} failed ({failed}, see its log) and every other rank waited for it; "
+                    f"stacks in {self.hangs}; exiting {FAILED_EXIT_CODE}")  # fmt: skip
+        else:
+            line = (f"hang: {where} made no progress for {self.hang_s:.0f} s ({culprit['phase']}, after "
+                    f"update {culprit['step']}); every rank's stacks are in {self.hangs}; exiting "
+                    f"{HANG_EXIT_CODE} (the same command resumes from the last checkpoint)")  # fmt: skip
+        self._leave(declared=self._declare(line), line=line, code=FAILED_EXIT_CODE if failed else None)
+
+    def _leave(self, declared: bool, line: str, code: int | None = None) -> None:
+        """Dump this rank's stacks, wait for every rank's, exit; the declaring rank speaks and runs
+        the hooks last (a requeue signals every rank of the job)."""
+        self._exiting.acquire()  # the other thread (watchdog or main) may be leaving: it ends the process
         self._dump_stacks()
-        culprit = self._first_to_stop() or {"rank": self.rank, "host": socket.gethostname()}
-        culprit.setdefault("phase", self.phase)
-        culprit.setdefault("step", self.step)
-        line = (
-            f"hang: rank {culprit['rank']} on {culprit['host']} made no progress for {self.hang_s:.0f} s "
-            f"({culprit['phase']}, after update {culprit['step']}); every rank's stacks are in "
-            f"{self.hangs}; exiting {HANG_EXIT_CODE} (the same command resumes from the last checkpoint)"
-        )
-        if self._declare(line):
+        self._wait_for_stacks()
+        if declared:
             print(line, file=sys.stderr, flush=True)
-            for hook in HANG_HOOKS:
+            for hook in HANG_HOOKS if code is None else []:
                 with contextlib.suppress(Exception):  # a failed requeue must not keep the job alive
                     hook(line)
-            self._wait_for_stacks()
-        os._exit(HANG_EXIT_CODE)
+        else:
+            time.sleep(self.period)  # the declaring rank leaves last
+        os._exit(code or HANG_EXIT_CODE)
 
     def _declare(self, line: str) -> bool:
         """Create the hang marker; False if another rank already did."""
         try:
+            self.hangs.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(self.hangs / HANG_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
@@ -132,18 +175,22 @@ class Watchdog:
             faulthandler.dump_traceback(sys.stderr, all_threads=True)
 
     def _wait_for_stacks(self) -> None:
-        """Until every rank whose heartbeat is alive has written its stacks (at most 3 periods)."""
+        """Until every rank's stacks are written (a frozen rank never writes: 3 periods at most)."""
         deadline = time.monotonic() + 3 * self.period + 1
-        while time.monotonic() < deadline:
-            alive = {record["rank"] for record in self._heartbeats() if not self._stale(record)}
-            written = {int(p.stem.split("-")[1]) for p in self.hangs.glob("rank-*.txt")}
-            if alive <= written:
-                return
+        while time.monotonic() < deadline and len(list(self.hangs.glob("rank-*.txt"))) < self.world_size:
             time.sleep(self.period / 4)
 
-    def _first_to_stop(self) -> dict | None:
-        """The rank whose last progress is the oldest (a rank whose heartbeat stopped too counts)."""
-        return min(self._heartbeats(), key=lambda record: record["progress_at"], default=None)
+    def _first_to_stop(self) -> dict:
+        """A rank that failed, else the one furthest behind: the lowest step, then the earliest phase
+        (clocks of different hosts are compared only to break a tie)."""
+        own = {"rank": self.rank, "host": socket.gethostname(), "phase": self.phase, "step": self.step}
+        records = self._heartbeats() or [own | {"progress_at": 0.0}]
+
+        def behind(record: dict) -> tuple:
+            phase = PHASES.index(record["phase"]) if record["phase"] in PHASES else len(PHASES)
+            return ("failure" not in record, record["step"], phase, record["progress_at"])
+
+        return min(records, key=behind)
 
     def _heartbeats(self) -> list[dict]:
         records = []
@@ -152,5 +199,7 @@ class Watchdog:
                 records.append(json.loads(path.read_text()))
         return records
 
-    def _stale(self, record: dict) -> bool:
-        return time.time() - record["written_at"] > 3 * self.period
+
+def hung_before(run_dir: Path) -> bool:
+    """Whether a job of this run directory has declared a hang."""
+    return any((Path(run_dir) / HANG_DIR).glob(f"*/{HANG_MARKER}"))

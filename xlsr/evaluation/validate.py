@@ -56,7 +56,8 @@ class Validator:
         """Validate ``module`` (``model``, possibly wrapped; every rank calls this together);
         ``progress`` is called after every utterance (the hang watchdog's beat)."""
         started = time.perf_counter()
-        sums, features = self._evaluate(module, model, autocast, progress or (lambda: None))
+        progress = progress or (lambda: None)
+        sums, features = self._evaluate(module, model, autocast, progress)
         metrics = self._metrics(sums)
         if self.cfg.validation.probe and features is not None:
             languages = sorted({language for _, language in self.valid_set.streams})
@@ -64,6 +65,7 @@ class Validator:
             labels = torch.tensor([stream_language[stream] for stream in self.valid_set.labels])
             probe = lid_probe(features, labels, self.valid_set.keys)
             metrics.update(_probe_metrics(probe, languages))
+            progress()
         return ValidationResult(metrics, time.perf_counter() - started)
 
     def _evaluate(
