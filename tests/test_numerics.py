@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from xlsr.config import OptimConfig, TrainConfig
-from xlsr.engine.optim import Adam, build_optimizer, build_scheduler
+from xlsr.engine.optim import Adam, build_optimizer, build_scheduler, reapply_schedule
 from xlsr.objectives.wav2vec2 import Wav2Vec2Objective
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +159,27 @@ def test_lr_jump_agrees_with_walking_the_scheduler():
     cfg = dataclasses.replace(BASE, **SMALL_POLYNOMIAL["end-lr-power-2"])
     walked = xlsr_lrs(cfg, cfg.max_update + 2)
     assert [xlsr_lr_after(cfg, n) for n in range(len(walked))] == walked
+
+
+def test_a_schedule_multiplier_takes_effect_at_once_when_reapplied():
+    """The health sentinel's LR damping after a rollback: the schedule times a multiplier, applied to
+    the very next update by ``reapply_schedule`` (LambdaLR itself would apply it one update late)."""
+    cfg = dataclasses.replace(BASE, **SMALL_POLYNOMIAL["linear"])
+    damping = {"until": 0}
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    scheduler = build_scheduler(optimizer, cfg, lambda n: 0.5 if n < damping["until"] else 1.0)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    undamped = optimizer.param_groups[0]["lr"]
+    assert undamped == pytest.approx(xlsr_lr_after(cfg, 5), rel=1e-12)
+    damping["until"] = 7
+    reapply_schedule(scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * undamped, rel=1e-12)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(xlsr_lr_after(cfg, 7), rel=1e-12)
 
 
 def test_first_warmup_update_matches_fairseq():
