@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xlsr.config import SAMPLE_RATE, DataConfig
-from xlsr.data.planning import UnitPlan
+from xlsr.data.carry import old_carry, old_totals, split_carry
+from xlsr.data.planning import Piece, UnitPlan
 from xlsr.data.shard_format import ShardInfo, check_shards_exist, longer_than, read_index, visible_seconds
 from xlsr.data.shards import is_ranged_pipe
 from xlsr.data.stages import STREAM_COUNTS, Batch
@@ -124,6 +127,11 @@ class _SlotDataset(IterableDataset):
         self.plan = UnitPlan([spec.planned() for spec in specs], world_size * workers)
         self.slot_states: dict[int, dict] = {}
         self.first_worker = 0  # logical worker that serves the first batch (resume rotation)
+        # After a change of topology: per logical worker, the carry it reads first (xlsr.data.carry),
+        # and the old slots' totals (draws per stream, skip counts) that logical worker 0 of rank 0
+        # carries on.
+        self.carry: dict[int, list[list[Piece]]] = {}
+        self.carried_totals: tuple[np.ndarray, Counter[str]] | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -134,6 +142,11 @@ class _SlotDataset(IterableDataset):
         pipeline = SlotPipeline(self.specs, self.cfg, slot, num_slots, self.seed, plan=self.plan)
         if logical in self.slot_states:
             pipeline.load_state_dict(self.slot_states[logical])
+        elif logical in self.carry:
+            first = self.rank == 0 and logical == 0 and self.carried_totals is not None
+            pipeline.mixer.start_with(self.carry[logical], self.carried_totals[0] if first else None)
+            if first:
+                pipeline.counters.update(self.carried_totals[1])
         try:
             while True:
                 batch = pipeline.next_batch()
@@ -213,6 +226,7 @@ class DataStream:
         self.dataset = _SlotDataset(self.specs, cfg, seed, rank, world_size, self.workers)
         self.batches_consumed = 0
         self._iterator: Iterator[Batch] | None = None
+        self._data_fingerprint: str | None = None
 
     def probability_table(self) -> str:
         stored = {
@@ -281,8 +295,37 @@ class DataStream:
         the sampled audio, hours and utterances drawn, and passes over the stream's data."""
         return stream_report(self.specs, totals.tolist())
 
+    def data_fingerprint(self) -> str:
+        """The shards and upsampling of the plan, whatever the number of slots."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = UnitPlan(self.dataset.plan.streams, 1).fingerprint()
+        return self._data_fingerprint
+
+    def carry_over(self, old: list[dict[str, Any]], updates_done: int, reason: str) -> None:
+        """Continue every stream's pass from another topology's states (one per old rank): this
+        rank's slots first read their share of what the old slots had not drawn yet. When the data or
+        the seed changed too, positions mean nothing: restart as `reseed` does."""
+        if old[0].get("data") != self.data_fingerprint() or old[0]["base_seed"] != self.base_seed:
+            self.reseed(updates_done, f"{reason}, and the data or the seed changed")
+            return
+        old_slots = {
+            rank * state["workers"] + int(logical): slot
+            for rank, state in enumerate(old)
+            for logical, slot in state["slots"].items()
+        }
+        old_plan = UnitPlan(self.dataset.plan.streams, old[0]["world_size"] * old[0]["workers"])
+        per_slot = split_carry(old_carry(old_plan, old[0]["seed"], old_slots), self.dataset.plan.num_slots)
+        self._use_seed(old[0]["seed"])
+        first = self.rank * self.workers
+        self.dataset.carry = {w: per_slot[first + w] for w in range(self.workers)}
+        self.dataset.carried_totals = old_totals(list(old_slots.values())) if old_slots else None
+        if self.rank == 0:
+            log.warning("%s: every stream goes on with the rest of its pass, shared over the new slots",
+                        reason)  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "data": self.data_fingerprint(),
             "plan": self.dataset.plan.fingerprint(),
             "world_size": self.world_size,
             "workers": self.workers,
@@ -292,9 +335,13 @@ class DataStream:
             "slots": dict(self.dataset.slot_states),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where ``state`` was taken; when its positions cannot carry over (another
-        topology, plan or seed), restart with a seed derived from the batches it had consumed."""
+    def load_state_dict(
+        self, state: dict[str, Any], all_ranks: Callable[[], list[dict[str, Any]]] | None = None
+    ) -> None:
+        """Continue exactly where ``state`` was taken. On another topology (world size or workers)
+        with the same data and seed, carry the position over from ``all_ranks()`` (every old rank's
+        state: `carry_over`); when positions cannot carry over (another plan or seed), restart with a
+        seed derived from the batches it had consumed."""
         if self._iterator is not None:
             raise RuntimeError("load_state_dict must be called before iterating")
         base_seed = state["base_seed"]
@@ -310,6 +357,9 @@ class DataStream:
                 f"data topology changed (world size {state['world_size']} -> {self.world_size}, "
                 f"workers {state['workers']} -> {self.workers})"
             )
+            if all_ranks is not None:
+                self.carry_over(all_ranks(), state["batches_consumed"], reason)
+                return
         elif not same_plan:
             reason = "the data plan changed (data.train, its shards or the upsampling alphas)"
         else:

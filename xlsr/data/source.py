@@ -7,7 +7,7 @@ that they implement the whole protocol with nothing to mix, skip or report.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -46,12 +46,16 @@ class DataSource(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where ``state`` was taken (or restart deterministically, saying why)."""
+    def load_state_dict(
+        self, state: dict[str, Any], all_ranks: Callable[[], list[dict[str, Any]]] | None = None
+    ) -> None:
+        """Continue exactly where ``state`` was taken (or restart deterministically, saying why);
+        ``all_ranks()`` gives every old rank's state, for a change of loader workers."""
         ...
 
-    def reseed(self, updates_done: int, reason: str) -> None:
-        """Restart with a fresh deterministic seed (a checkpoint of another world size)."""
+    def carry_over(self, old: list[dict[str, Any]], updates_done: int, reason: str) -> None:
+        """Go on from the states of every rank of another world size (``updates_done`` updates'
+        worth of data drawn), or restart deterministically, saying why."""
         ...
 
     def close(self) -> None: ...
@@ -91,8 +95,13 @@ class FixedSource:
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": self.consumed}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], all_ranks: Callable[[], list[dict[str, Any]]] | None = None
+    ) -> None:
         self.consumed = state["consumed"]
+
+    def carry_over(self, old: list[dict[str, Any]], updates_done: int, reason: str) -> None:
+        self.reseed(updates_done, reason)
 
     def reseed(self, updates_done: int, reason: str) -> None:
         pass

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from xlsr.config import SAMPLE_RATE, DataConfig
-from xlsr.data.planning import UnitPlan
+from xlsr.data.planning import Piece, UnitPlan
 from xlsr.data.shards import RawSample, decode_sample_into
 from xlsr.data.units import DEFAULT_MAX_OPEN_SHARDS, OpenReaders, SampleRef, StreamSpec, UnitReader
 from xlsr.process import UserError
@@ -166,6 +166,14 @@ class Mixer:
             seen = np.minimum(stored, counts[:, 0:1] * self.max_sample_size)
             counts = np.concatenate([counts[:, 0:1], seen, counts[:, 2:3], stored], axis=1)
         self.stream_counts[:] = counts
+
+    def start_with(self, carry: list[list[Piece]], streams: np.ndarray | None = None) -> None:
+        """Read another topology's rest of the pass first (`xlsr.data.carry`); ``streams``: the
+        draws counted so far, which this slot carries on for the old ones."""
+        for reader, pieces in zip(self.readers, carry, strict=True):
+            reader.start_with(pieces)
+        if streams is not None:
+            self.stream_counts[:] = streams
 
     def close(self) -> None:
         """Close every open shard (files and `pipe:` processes)."""

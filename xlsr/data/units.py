@@ -14,8 +14,9 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,18 @@ from xlsr.process import UserError
 log = logging.getLogger(__name__)
 
 SampleRef = tuple[int, int, int, int]  # (stream, pass, piece position in that pass, offset in piece)
+# The pass number of a carry: what the slots of another topology left of their pass (xlsr.data.carry),
+# read before a slot's own passes.
+CARRY_PASS = -1
+
+
+def pass_order(num_pieces: int, seed: tuple[int, int, int], pass_: int) -> np.ndarray:
+    """The order a slot reads its ``num_pieces`` pieces in, in pass ``pass_``; ``seed`` is (stream
+    seed, stream, slot). Resumed runs rely on this exact seeding."""
+    entropy = pass_ if pass_ != CARRY_PASS else 2**63 - 1
+    return np.random.default_rng([*seed, entropy]).permutation(num_pieces)
+
+
 # Why a unit (piece of a shard) could not be read; each is counted as "broken_<cause>".
 BROKEN_CAUSES = ("missing", "unreadable", "corrupt", "truncated", "empty")
 DEFAULT_MAX_OPEN_SHARDS = 16
@@ -122,6 +135,7 @@ class UnitReader:
         self.stream_id, self.spec, self.pieces, self.slot = stream_id, spec, pieces, slot
         self.seed = (seed, stream_id, slot)
         self.pass_, self.position, self.offset = 0, 0, 0
+        self.carry: tuple[Piece, ...] = ()  # read first, as pass CARRY_PASS (xlsr.data.carry)
         self._samples: Iterator[tuple[int, int, int, RawSample | None]] | None = None
         self._resume_byte: int | None = None  # where the next sample starts, once known
         self._gave_samples = False  # the current piece yielded a usable sample
@@ -129,18 +143,28 @@ class UnitReader:
         self.counters = counters  # the slot's skip counts (shared)
         self.readers = readers
         self.failures: dict[str, str] = {}  # url -> why it could not be read, for EmptyStreamError
-        self._order_of: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+        self._order_of: tuple[int, np.ndarray] = (-2, np.empty(0, dtype=np.int64))  # (pass, its order)
         # Where each piece's first sample starts in its tar, once read: later passes seek straight there.
         self._piece_start_byte: dict[Piece, int] = {}
+
+    def _pieces_of(self, pass_: int) -> tuple[Piece, ...]:
+        return self.carry if pass_ == CARRY_PASS else self.pieces
 
     def _order(self, pass_: int) -> np.ndarray:
         # Recomputed, not checkpointed: resumed runs rely on this exact seeding of each pass's order.
         if self._order_of[0] != pass_:
-            self._order_of = (pass_, np.random.default_rng([*self.seed, pass_]).permutation(len(self.pieces)))
+            self._order_of = (pass_, pass_order(len(self._pieces_of(pass_)), self.seed, pass_))
         return self._order_of[1]
 
     def _piece(self, pass_: int, position: int) -> Piece:
-        return self.pieces[int(self._order(pass_)[position])]
+        return self._pieces_of(pass_)[int(self._order(pass_)[position])]
+
+    def start_with(self, carry: Sequence[Piece]) -> None:
+        """Read ``carry`` (another topology's rest of the pass) before this slot's own passes."""
+        self.close()
+        self.carry = tuple(carry)
+        self.pass_, self.position, self.offset = (CARRY_PASS if self.carry else 0), 0, 0
+        self._order_of = (-2, np.empty(0, dtype=np.int64))
 
     def next(self) -> tuple[SampleRef, RawSample]:
         barren = 0  # pieces in a row that gave no usable sample
@@ -155,7 +179,7 @@ class UnitReader:
                     continue
                 return ref, item
             barren = 0 if self._gave_samples else barren + 1
-            if barren > len(self.pieces):
+            if barren > len(self.pieces) + len(self.carry):
                 raise EmptyStreamError(self._no_samples_message())
             self._advance_piece()
 
@@ -210,8 +234,8 @@ class UnitReader:
         self.close()
         self._gave_samples = False
         self.position, self.offset, self._resume_byte = self.position + 1, 0, None
-        if self.position == len(self.pieces):
-            self.pass_, self.position = self.pass_ + 1, 0
+        if self.position == len(self._pieces_of(self.pass_)):
+            self.pass_, self.position = self.pass_ + 1, 0  # after the carry: pass 0
 
     def fetch(self, refs: list[SampleRef]) -> dict[SampleRef, RawSample]:
         """Re-read specific samples (to refill buffers on resume), one piece open at a time."""
@@ -243,12 +267,17 @@ class UnitReader:
         self._suspended = False
         self.readers.closed(self)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"pass": self.pass_, "position": self.position, "offset": self.offset}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"pass": self.pass_, "position": self.position, "offset": self.offset}
+        if self.carry:  # kept after it is read: buffered samples may still refer to it
+            state["carry"] = [[p.shard, p.start, p.stop] for p in self.carry]
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.close()
         self.pass_, self.position, self.offset = state["pass"], state["position"], state["offset"]
+        self.carry = tuple(Piece(*p) for p in state.get("carry", ()))
+        self._order_of = (-2, np.empty(0, dtype=np.int64))
         self._resume_byte, self._gave_samples = None, False
 
 

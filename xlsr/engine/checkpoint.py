@@ -289,6 +289,12 @@ class Checkpointer:
         same_world = trainer_state["world_size"] == self.env.world_size
         return torch.load(rank_file, weights_only=True) if same_world and rank_file.exists() else None
 
+    def rank_parts(self, path: Path, name: str) -> list[dict[str, Any]]:
+        """Part ``name`` of every rank that wrote checkpoint ``path``, in rank order (a resume on
+        another topology carries the data position over from all of them)."""
+        world = read_trainer_state(path)["world_size"]
+        return [torch.load(path / rank_file_name(rank), weights_only=True)[name] for rank in range(world)]
+
 
 def free_sibling_name(path: Path, label: str) -> Path:
     """``<path>.<label>``, or ``<path>.<label>-2``, ... : the first name not taken."""

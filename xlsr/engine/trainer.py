@@ -121,18 +121,18 @@ class Trainer:
             rank_state = self.checkpointer.load(path, self.backend, self._shared())
             # A checkpoint from before the health sentinel: its data position is its step.
             self.sentinel.updates_drawn = max(self.sentinel.updates_drawn, self.state.step)
+            # On another topology, the data position carries over from every old rank's (xlsr.data.carry).
+            every_rank = lambda: self.checkpointer.rank_parts(path, "data")  # noqa: E731
             if rank_state is not None:
                 self.rng.load_state_dict(rank_state["rng"])
-                self.data.load_state_dict(rank_state["data"])
+                self.data.load_state_dict(rank_state["data"], all_ranks=every_rank)
                 self.meter.load_state_dict(rank_state["meter"])
             else:
                 saved_world = read_trainer_state(path)["world_size"]
+                log.warning("checkpoint %s was written by %d ranks, resuming on %d: model and optimizer "
+                            "state resharded", path.name, saved_world, self.env.world_size)  # fmt: skip
                 reason = f"checkpoint {path.name} was written by {saved_world} ranks"
-                log.warning(
-                    "%s, resuming on %d: model and optimizer state resharded", reason, self.env.world_size
-                )
-                # By the data position: data a rollback skipped stays skipped.
-                self.data.reseed(self.sentinel.updates_drawn, reason)
+                self.data.carry_over(every_rank(), self.sentinel.updates_drawn, reason)
             self.watchdog.beat("start-up", self.state.step)
             if self.env.is_main:
                 log.info("resumed from %s at update %d", path, self.state.step)
