@@ -31,9 +31,12 @@ from xlsr.data.units import CARRY_PASS, pass_order
 Carry = list[list[Piece]]  # per stream, the pieces left of the current pass
 
 
-def old_carry(plan: UnitPlan, seed: int, slot_states: dict[int, dict[str, Any]]) -> Carry:
-    """What the slots of ``plan`` (keyed by slot; absent: never drew) had left of their current
-    pass, per stream."""
+def old_carry(
+    plan: UnitPlan, seed: int, slot_states: dict[int, dict[str, Any]], pending: dict[int, Carry]
+) -> Carry:
+    """What the slots of ``plan`` had left of their current pass, per stream. ``slot_states`` are
+    the slots that drew; ``pending`` the carries of slots that had not started on them yet; any
+    other slot never drew: all of its pieces are left."""
     carry: Carry = [[] for _ in plan.streams]
     for stream in range(len(plan.streams)):
         if plan.shared[stream]:
@@ -41,12 +44,23 @@ def old_carry(plan: UnitPlan, seed: int, slot_states: dict[int, dict[str, Any]])
         for slot in range(plan.num_slots):
             pieces = plan.pieces(stream, slot)
             state = slot_states.get(slot)
-            if state is None:  # a slot that never drew: all of its pieces are left
-                carry[stream].extend(pieces)
+            if state is None:
+                carry[stream].extend(pending[slot][stream] if slot in pending else pieces)
                 continue
             carry[stream].extend(_rest_of_pass(pieces, seed, stream, slot, state["readers"][stream]))
             carry[stream].extend(_buffered(pieces, seed, stream, slot, state))
-    return [sorted(pieces, key=lambda p: (p.shard, p.start)) for pieces in carry]
+    return [_merged(pieces) for pieces in carry]
+
+
+def _merged(pieces: list[Piece]) -> list[Piece]:
+    """In index order, with adjacent pieces of one shard joined (fewer, longer reads)."""
+    merged: list[Piece] = []
+    for piece in sorted(pieces, key=lambda p: (p.shard, p.start)):
+        if merged and merged[-1].shard == piece.shard and merged[-1].stop == piece.start:
+            merged[-1] = Piece(piece.shard, merged[-1].start, piece.stop)
+        elif piece.size > 0:
+            merged.append(piece)
+    return merged
 
 
 def _rest_of_pass(pieces: Sequence[Piece], seed: int, stream: int, slot: int, reader: dict) -> list[Piece]:
@@ -85,21 +99,27 @@ def split_carry(carry: Carry, num_slots: int) -> list[Carry]:
     """Per new slot, its equal run (±1 utterance) of each stream's carry, in index order."""
     per_slot: list[Carry] = [[[] for _ in carry] for _ in range(num_slots)]
     for stream, pieces in enumerate(carry):
-        sizes = np.array([p.size for p in pieces], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(sizes)])
+        starts = np.concatenate([[0], np.cumsum([p.size for p in pieces], dtype=np.int64)])
         bounds = (np.arange(num_slots + 1, dtype=np.int64) * int(starts[-1])) // num_slots
         for slot in range(num_slots):
             first, last = int(bounds[slot]), int(bounds[slot + 1])
-            for piece, begin, end in zip(pieces, starts[:-1], starts[1:], strict=True):
-                lo, hi = max(first, int(begin)), min(last, int(end))
+            # Only the pieces that overlap [first, last): found by bisection, not by a scan.
+            for index in range(max(int(np.searchsorted(starts, first, side="right")) - 1, 0), len(pieces)):
+                begin, end = int(starts[index]), int(starts[index + 1])
+                if begin >= last:
+                    break
+                lo, hi = max(first, begin), min(last, end)
                 if lo < hi:
-                    per_slot[slot][stream].append(Piece(piece.shard, piece.start + lo - int(begin),
-                                                        piece.start + hi - int(begin)))  # fmt: skip
+                    piece = pieces[index]
+                    per_slot[slot][stream].append(
+                        Piece(piece.shard, piece.start + lo - begin, piece.start + hi - begin)
+                    )
     return per_slot
 
 
 def old_totals(slot_states: list[dict[str, Any]]) -> tuple[np.ndarray, Counter[str]]:
-    """The old slots' draws per stream and skip counts, summed."""
+    """The old slots' draws per stream and skip counts, summed. (The utterances that sat in their
+    buffers are counted again when the new slots read them: at most the buffers' size per slot.)"""
     streams = sum(np.array(state["streams"], dtype=np.int64) for state in slot_states)
     counters: Counter[str] = Counter()
     for state in slot_states:

@@ -226,7 +226,6 @@ class DataStream:
         self.dataset = _SlotDataset(self.specs, cfg, seed, rank, world_size, self.workers)
         self.batches_consumed = 0
         self._iterator: Iterator[Batch] | None = None
-        self._data_fingerprint: str | None = None
 
     def probability_table(self) -> str:
         stored = {
@@ -295,44 +294,47 @@ class DataStream:
         the sampled audio, hours and utterances drawn, and passes over the stream's data."""
         return stream_report(self.specs, totals.tolist())
 
-    def data_fingerprint(self) -> str:
-        """The shards and upsampling of the plan, whatever the number of slots."""
-        if self._data_fingerprint is None:
-            self._data_fingerprint = UnitPlan(self.dataset.plan.streams, 1).fingerprint()
-        return self._data_fingerprint
-
     def carry_over(self, old: list[dict[str, Any]], updates_done: int, reason: str) -> None:
         """Continue every stream's pass from another topology's states (one per old rank): this
-        rank's slots first read their share of what the old slots had not drawn yet. When the data or
-        the seed changed too, positions mean nothing: restart as `reseed` does."""
-        if old[0].get("data") != self.data_fingerprint() or old[0]["base_seed"] != self.base_seed:
-            self.reseed(updates_done, f"{reason}, and the data or the seed changed")
-            return
-        old_slots = {
-            rank * state["workers"] + int(logical): slot
-            for rank, state in enumerate(old)
-            for logical, slot in state["slots"].items()
-        }
+        rank's slots first read their share of what the old slots had not drawn yet. When the data,
+        the alphas or the seed changed too, positions mean nothing: restart as `reseed` does."""
         old_plan = UnitPlan(self.dataset.plan.streams, old[0]["world_size"] * old[0]["workers"])
-        per_slot = split_carry(old_carry(old_plan, old[0]["seed"], old_slots), self.dataset.plan.num_slots)
+        if old[0]["plan"] != old_plan.fingerprint() or old[0]["base_seed"] != self.base_seed:
+            self.reseed(updates_done, f"{reason}, and the data plan or the seed changed too")
+            return
+        old_slots, pending = {}, {}
+        for rank, state in enumerate(old):
+            first = rank * state["workers"]
+            old_slots |= {first + int(logical): slot for logical, slot in state["slots"].items()}
+            pending |= {first + int(w): _pieces(c) for w, c in state.get("pending_carry", {}).items()}
+        carry = old_carry(old_plan, old[0]["seed"], old_slots, pending)
+        per_slot = split_carry(carry, self.dataset.plan.num_slots)
         self._use_seed(old[0]["seed"])
         first = self.rank * self.workers
         self.dataset.carry = {w: per_slot[first + w] for w in range(self.workers)}
-        self.dataset.carried_totals = old_totals(list(old_slots.values())) if old_slots else None
+        totals = [state["pending_totals"] for state in old if state.get("pending_totals")]
+        self.dataset.carried_totals = old_totals([*old_slots.values(), *totals]) if self.rank == 0 else None
         if self.rank == 0:
             log.warning("%s: every stream goes on with the rest of its pass, shared over the new slots",
                         reason)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
+        dataset = self.dataset
+        # A carry (and the old totals) a slot has not started on yet is saved until it has.
+        pending = {w: _lists(c) for w, c in dataset.carry.items() if w not in dataset.slot_states}
+        totals = dataset.carried_totals if 0 in pending else None
         return {
-            "data": self.data_fingerprint(),
-            "plan": self.dataset.plan.fingerprint(),
+            "plan": dataset.plan.fingerprint(),
             "world_size": self.world_size,
             "workers": self.workers,
             "seed": self.seed,
             "base_seed": self.base_seed,
             "batches_consumed": self.batches_consumed,
-            "slots": dict(self.dataset.slot_states),
+            "slots": dict(dataset.slot_states),
+            "pending_carry": pending,
+            "pending_totals": None
+            if totals is None
+            else {"streams": totals[0].tolist(), "counters": dict(totals[1])},
         }
 
     def load_state_dict(
@@ -350,6 +352,9 @@ class DataStream:
         if same_topology and same_plan and base_seed == self.base_seed:
             self._use_seed(state["seed"])
             self.dataset.slot_states = {int(k): v for k, v in state["slots"].items()}
+            self.dataset.carry = {int(w): _pieces(c) for w, c in state.get("pending_carry", {}).items()}
+            if state.get("pending_totals"):
+                self.dataset.carried_totals = old_totals([state["pending_totals"]])
             self.batches_consumed = state["batches_consumed"]
             return
         if not same_topology:
@@ -382,3 +387,11 @@ class DataStream:
     def _use_seed(self, seed: int) -> None:
         self.seed = seed
         self.dataset.seed = seed
+
+
+def _lists(carry: list[list[Piece]]) -> list[list[list[int]]]:
+    return [[[p.shard, p.start, p.stop] for p in pieces] for pieces in carry]
+
+
+def _pieces(carry: list[list[list[int]]]) -> list[list[Piece]]:
+    return [[Piece(*p) for p in pieces] for pieces in carry]
