@@ -177,43 +177,39 @@ def test_history_keeps_health_events_by_their_data_position(tmp_path):
 
 def rollback_run(demo_index, run_dir):
     args = train_args(
-        demo_index, run_dir, "stop_at_update=25", "checkpoint.interval_updates=10",
+        demo_index, run_dir, "stop_at_update=20", "checkpoint.interval_updates=5", "checkpoint.keep_last=3",
         "logging.wandb_mode=offline",
     )  # fmt: skip
-    return xlsr("launch", "local", "--nproc", "2", *args, env={**ENV, FAULT_ENV: "nonfinite_loss@13:10"})
+    return xlsr("launch", "local", "--nproc", "2", *args, env={**ENV, FAULT_ENV: "nonfinite_loss@8:10"})
 
 
 def test_a_run_rolls_back_past_non_finite_updates_and_finishes_the_same_twice(demo_index, tmp_path):
-    """Updates 13-22 are NaN: the streak (optim.max_consecutive_nonfinite=10) is judged at update 25,
-    the run goes back to step-10, skips the data of updates 11-25, and finishes."""
+    """Updates 8-17 are NaN: the streak (optim.max_consecutive_nonfinite=10) is judged at update 20,
+    the run goes back to step-5, skips the data of updates 6-20, and finishes."""
     first, second = tmp_path / "a", tmp_path / "b"
     for run_dir in (first, second):
         result = rollback_run(demo_index, run_dir)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("health: ")]
-    assert line.startswith("health: nonfinite (onset update 13): 10 updates in a row had a non-finite")
-    assert "rolled back to step-00000010, skipping the data of updates 11-25" in line
+    assert line.startswith("health: nonfinite (onset update 8): 10 updates in a row had a non-finite")
+    assert "rolled back to step-00000005, skipping the data of updates 6-20" in line
     assert training_metrics(first) == training_metrics(second)  # deterministic, rollback included
-    assert [m["step"] for m in metrics(first)] == [5, 10, 15, 20, 25]  # the undone lines are gone
+    assert [m["step"] for m in metrics(first)] == [5, 10, 15, 20]  # the undone lines are gone
     [event] = metrics(first, HEALTH_KIND)
-    assert (event["step"], event["onset"], event["action"], event["updates_drawn"]) == (
-        25,
-        13,
-        "rollback",
-        25,
-    )
+    assert (event["step"], event["onset"], event["action"]) == (20, 8, "rollback")
+    assert event["updates_drawn"] == 20
     window = event["window"]
-    assert (window["to_step"], window["skipped_updates"], window["keys_from_update"]) == (10, 15, 11)
+    # keys are kept since the save before the last one (step-10): those of updates 11-20
+    assert (window["to_step"], window["skipped_updates"], window["keys_from_update"]) == (5, 15, 11)
     keys = json.loads((first / "health" / "rollback-1.json").read_text())["keys"]
     assert len(keys) == sum(window["utterances_by_stream"].values()) > 0
     summary = json.loads((first / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["health"]["rollbacks"] == 1
     assert summary["health"]["events"][0]["signal"] == "nonfinite"
-    assert [step for step, _ in complete_checkpoints(first / "checkpoints")] == [20, 25]
-    assert [p.name.split(".")[0] for p in (first / "checkpoints").glob("*.rolled-back-*")] == [
-        "step-00000020"
-    ]
+    assert [step for step, _ in complete_checkpoints(first / "checkpoints")] == [10, 15, 20]
+    set_aside = sorted(p.name.split(".")[0] for p in (first / "checkpoints").glob("*.rolled-back-*"))
+    assert set_aside == ["step-00000010", "step-00000015"]
     history = next((first / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     assert b"health/nonfinite" in history and b"train/loss" in history
 
@@ -248,19 +244,16 @@ def test_a_rank_that_works_longer_in_three_intervals_in_a_row_is_named():
 
 
 @pytest.mark.slow
-def test_a_hung_rank_ends_the_job_with_every_stack_and_one_line_then_the_run_resumes(demo_index, tmp_path):
-    """Rank 1 stops before update 8 (rank 1 is also 3 x slower throughout); rank 0 waits for it in a
-    collective. Within hang_s: every rank's stacks on disk, one line naming rank 1, exit 76. The same
-    command resumes from step-5 (a hang fault fires once per run directory), names rank 1 as the
-    straggler (3 logging intervals of 2 updates) and finishes."""
+def test_a_hung_rank_ends_the_job_with_every_stack_and_one_line(demo_index, tmp_path):
+    """Rank 1 stops before update 8; rank 0 waits for it in a collective. Within hang_s: every rank's
+    stacks on disk, one line naming rank 1, exit 76, no traceback (the resume, and the requeue under
+    SLURM: tests/test_slurm_training.py)."""
     run_dir = tmp_path / "run"
     args = train_args(
-        demo_index, run_dir, "stop_at_update=12", "health.hang_s=5", "checkpoint.interval_updates=5",
-        "logging.interval=2",
-    )  # fmt: skip
-    env = {**ENV, FAULT_ENV: "hang@8:1,slow@1:3"}
+        demo_index, run_dir, "stop_at_update=12", "health.hang_s=5", "checkpoint.interval_updates=5"
+    )
     started = time.monotonic()
-    result = xlsr("launch", "local", "--nproc", "2", *args, env=env, timeout=300)
+    result = xlsr("launch", "local", "--nproc", "2", *args, env={**ENV, FAULT_ENV: "hang@8:1"}, timeout=300)
     assert result.returncode == HANG_EXIT_CODE, result.stderr[-3000:]
     assert time.monotonic() - started < 120 and "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("hang: ")]
@@ -268,16 +261,6 @@ def test_a_hung_rank_ends_the_job_with_every_stack_and_one_line_then_the_run_res
     [job] = (run_dir / HANG_DIR).iterdir()
     assert sorted(p.name for p in job.iterdir()) == ["HANG", "rank-0.txt", "rank-1.txt"]
     assert "_injected_hang" in (job / "rank-1.txt").read_text()
-    resumed = xlsr("launch", "local", "--nproc", "2", *args, env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr and (run_dir / "checkpoints" / "step-00000012").is_dir()
-    [straggler] = metrics(run_dir, HEALTH_KIND)
-    assert straggler["signal"] == "straggler" and straggler["message"].startswith("rank 1 works ")
-    last = metrics(run_dir)[-1]
-    assert last["slowest_rank"] == 1 and last["rank_work_s_max"] > 2 * last["rank_work_s_min"]
-    assert (
-        list((run_dir / "heartbeats").iterdir()) == []
-    )  # the hung job's went at the restart, the rest at its end
 
 
 def test_a_step_set_aside_twice_keeps_both(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from run_helpers import ENV, ROOT, metrics, train_args, training_metrics, xlsr
 
-from xlsr.engine.checkpoint_files import complete_checkpoints
+from xlsr.engine.checkpoint_files import complete_checkpoints, verify_slice
 from xlsr.process import (
     ABORTED_EXIT_CODE,
     CTRL_C_ABORTED,
@@ -170,6 +170,18 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_every_kind_of_damage_is_found(reference, tmp_path, damage):
+    """The check a resume makes on every rank (each verifies its slice of the files)."""
+    run_dir = copy_run(reference, tmp_path)
+    checkpoint = run_dir / "checkpoints" / STEP_20
+    assert verify_slice(checkpoint, 0, 1) is None
+    damage(checkpoint)
+    assert verify_slice(checkpoint, 0, 1) is not None
+
+
+# Resumed end to end for two kinds (the fallback is the same for every kind found above).
+@pytest.mark.parametrize("damage", [DAMAGE["truncated-distcp"], DAMAGE["missing-manifest"]],
+                         ids=["truncated-distcp", "missing-manifest"])  # fmt: skip
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(demo_index, reference, tmp_path, damage):
     run_dir = copy_run(reference, tmp_path)
     damage(run_dir / "checkpoints" / STEP_20)

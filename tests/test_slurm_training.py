@@ -40,7 +40,7 @@ from slurm_jobs import (
 from launchers.slurm.job import LOST_RANK_EXIT_CODE
 from xlsr.config import load_config
 from xlsr.engine.checkpoint_files import complete_checkpoints
-from xlsr.engine.watchdog import HANG_DIR
+from xlsr.engine.watchdog import HANG_DIR, hung_before
 from xlsr.faults import FAULT_ENV
 from xlsr.process import PREEMPTED_EXIT_CODE
 
@@ -265,13 +265,15 @@ def test_shard_job_array_over_both_nodes_writes_the_same_index(env, demo_index, 
 
 
 def test_a_hung_rank_ends_the_job_which_requeues_itself_and_resumes(env, demo_index, tmp_path):
-    """1 node × 2 tasks; rank 1 stops making progress before update 8. Within health.hang_s the
-    watchdog ends the job (stacks of both ranks on disk, one line naming rank 1), the rank that
-    declared the hang requeues it, and the restart resumes from step-5 and completes."""
+    """1 node × 2 tasks; rank 1 stops making progress before update 8 (and is 3 x slower). Within
+    health.hang_s the watchdog ends the job (stacks of both ranks on disk, one line naming rank 1), the
+    rank that declared the hang requeues it, and the restart resumes from step-5, names rank 1 as the
+    straggler and completes."""
     run_dir = tmp_path / "hung"
     args = [*train_overrides(demo_index, run_dir, "logging.wandb_mode=disabled", "health.hang_s=5"),
             *ONE_NODE_TWO_TASKS]  # fmt: skip
-    job_id = submit({**env, FAULT_ENV: "hang@8:1"}, *args)
+    job_id = submit({**env, FAULT_ENV: "hang@8:1,slow@1:3"}, *args)
+    wait_for(lambda: hung_before(run_dir), 180, "the hang to be declared", lambda: logs(run_dir, job_id))
     release_requeued(env, job_id, run_dir)
     state = wait_finished(env, job_id, run_dir)
     text = logs(run_dir, job_id) + logs(run_dir, job_id, rank=1)
@@ -281,3 +283,9 @@ def test_a_hung_rank_ends_the_job_which_requeues_itself_and_resumes(env, demo_in
     assert resumed_from(logs(run_dir, job_id))[0] == (5, 5)
     [hung_job] = (run_dir / HANG_DIR).iterdir()
     assert sorted(p.name for p in hung_job.iterdir()) == ["HANG", "rank-0.txt", "rank-1.txt"]
+    # the restart (a hang fault fires once per run directory) names the 3 x slower rank 1
+    straggler = [line for line in metrics(run_dir) if line.get("signal") == "straggler"]
+    assert straggler and straggler[0]["message"].startswith("rank 1 works "), metrics(run_dir)[-1]
+    assert (
+        list((run_dir / "heartbeats").iterdir()) == []
+    )  # the hung job's: at the restart; its own: at the end
