@@ -11,6 +11,8 @@ The entry points are `shard(ShardJob(...)) -> ShardResult` and `stats(index_path
 - `samples`: what one decoded file becomes in a tar (keys, segments, members).
 - `hours`: hours per stream, upsampling table and plot from an index.
 - `synthetic`: a small, speech-like multilingual demo corpus.
+- `speech`: a small multilingual speech corpus spoken by eSpeak NG (`espeak`, its ctypes binding), with
+  a manifest of texts and IPA phones.
 - `layouts`: XLS-R-shaped shard sets without real audio (loader tests and sampling benchmarks).
 - `cli`: the `xlsr shard` and `xlsr stats` subcommands (argument parsing and printing only).
 

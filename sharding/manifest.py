@@ -38,6 +38,15 @@ class SourceRecord:
     rel_path: str | None = None
     source_language: str | None = None  # the corpus's own name for the language, when it differs
     text: str | None = None  # the transcript, when the corpus has one
+    # The phones spoken, space-separated (e.g. IPA from `sharding.speech`), when the corpus has them.
+    phones: str | None = None
+
+    @property
+    def labels(self) -> list[str | None]:
+        """What a shard stores of the record besides audio and metadata (shard fingerprints hash it):
+        the transcript, and the phones where known (only then, so that shards planned before phones
+        existed keep their fingerprints)."""
+        return [self.text] if self.phones is None else [self.text, self.phones]
 
     @property
     def name(self) -> str:
@@ -65,8 +74,9 @@ def read_manifest(
 ) -> list[SourceRecord]:
     """Read a TSV (with a header row) or JSONL manifest.
 
-    Fields: `path` and `language` are required; `corpus`, `speaker`, `duration` (seconds) and `text`
-    (a transcript) are optional. Relative paths are resolved against the manifest's directory, so a
+    Fields: `path` and `language` are required; `corpus`, `speaker`, `duration` (seconds), `text`
+    (a transcript) and `phones` (the phones spoken, separated by whitespace, stored with single
+    spaces) are optional. Relative paths are resolved against the manifest's directory, so a
     manifest can be moved together with its audio, and that relative path names the file in sample
     keys. Languages are mapped to canonical tags by `names` (`sharding.languages`). A file whose first
     non-blank character is '{' is read as JSONL.
@@ -154,7 +164,18 @@ def _record_from_row(
         else Path(os.path.relpath(full_path, path.parent)).as_posix(),
         source_language=language if tag != language else None,
         text=text_field("text"),
+        phones=_parse_phones(row.get("phones"), where),
     )
+
+
+def _parse_phones(value: object, where: str) -> str | None:
+    """Phones separated by single spaces (any run of whitespace in the manifest is one separator);
+    None for a missing or blank field."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field 'phones' must be a string of space-separated phones, got {value!r}")
+    return " ".join(value.split()) or None
 
 
 def _parse_duration(value: object, where: str) -> float | None:

@@ -1,9 +1,9 @@
 """What one source file becomes in a tar: its sample keys, its segments, and the members of each sample.
 
 A sample is `<key>.flac` (or `<key>.s16`, raw little-endian int16) plus `<key>.json`, its metadata,
-and `<key>.txt`, its transcript, where the corpus has one (`xlsr.data.shard_format` names the
-members). Everything here is a pure function of the record and its decoded audio, so tars are
-byte-identical across runs.
+and `<key>.txt`, its transcript, and `<key>.phn`, its phones, where the corpus has them
+(`xlsr.data.shard_format` names the members). Everything here is a pure function of the record and
+its decoded audio, so tars are byte-identical across runs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sharding.segment import segment_bounds
 from xlsr.data.shard_format import (
     AUDIO_MEMBER_EXTENSION,
     META_MEMBER_EXTENSION,
+    PHONES_MEMBER_EXTENSION,
     TEXT_MEMBER_EXTENSION,
     escape_path,
 )
@@ -45,7 +46,8 @@ def tar_samples(
 
     A recording longer than `max_seconds` becomes several samples, cut at pauses (`sharding.segment`);
     each names its source (relative to the corpus root) and its offset in seconds. The transcript,
-    when the corpus has one, goes into a `txt` member of a recording that stays whole."""
+    when the corpus has one, goes into a `txt` member of a recording that stays whole, and so do the
+    phones (a `phn` member)."""
     rate = decoded.sample_rate
     bounds = segment_bounds(decoded.samples, rate, max_seconds)
     for index, (offset, length) in enumerate(bounds):
@@ -73,6 +75,8 @@ def tar_samples(
         }
         if record.text is not None and len(bounds) == 1:
             sample[TEXT_MEMBER_EXTENSION] = record.text.encode("utf-8", "surrogateescape")
+        if record.phones is not None and len(bounds) == 1:
+            sample[PHONES_MEMBER_EXTENSION] = record.phones.encode("utf-8", "surrogateescape")
         yield sample, length
 
 

@@ -17,9 +17,9 @@ Design, in the order things happen:
    (records chosen by `sharding.split`) is planned after the training shards, under `valid/`, and
    gets its own `valid/index.json`; tasks share its shards like any others.
 
-Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16) and `<key>.json`
-(`sharding.samples`). Tars are byte-identical across runs: fixed member order, mtime 0,
-deterministic FLAC encoding.
+Tar members are `<key>.flac` (or `<key>.s16`, raw little-endian int16), `<key>.json`, and where the
+corpus has them `<key>.txt` and `<key>.phn` (`sharding.samples`). Tars are byte-identical across
+runs: fixed member order, mtime 0, deterministic FLAC encoding.
 
 Any file name the OS allows works: files are opened by their OS-level bytes, keys are ASCII (a hash of
 those bytes), and names written as text (skipped.tsv, sidecars, the `source` field) go through
@@ -150,7 +150,7 @@ class PlannedShard:
         content = {
             "shard": self.rel_path,
             "settings": cfg.output_settings(),
-            "sources": [[i.record.name, i.record.speaker, i.duplicate, i.record.text] for i in self.items],
+            "sources": [[i.record.name, i.record.speaker, i.duplicate, *i.record.labels] for i in self.items],
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -50,7 +50,9 @@ MANIFEST = "manifest"
 GENERIC = "dir"
 MAX_PROBED_FOLDERS = 200
 LAYOUTS = (*CORPUS_LAYOUTS, MANIFEST)
-MANIFEST_TREE = "a .tsv (header row) or .jsonl file with path and language (corpus, speaker, duration, text)"
+MANIFEST_TREE = (
+    "a .tsv (header row) or .jsonl file with path and language (corpus, speaker, duration, text, phones)"
+)
 
 
 class LayoutError(ValueError):

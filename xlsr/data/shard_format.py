@@ -2,8 +2,9 @@
 
 A shard set is a directory holding ``index.json`` and ``<corpus>/<language>/shard-NNNNNN.tar``. Each tar
 is a WebDataset tar: per utterance, an audio member ``<key>.flac`` (FLAC, 16-bit PCM) or ``<key>.s16``
-(raw little-endian int16) and a metadata member ``<key>.json``. The index lists every shard with its
-stream (corpus, language), sample count and seconds of audio; see docs/data.md for all fields.
+(raw little-endian int16) and a metadata member ``<key>.json``, plus optional ``<key>.txt``
+(transcript) and ``<key>.phn`` (phones) members. The index lists every shard with its stream
+(corpus, language), sample count and seconds of audio; see docs/data.md for all fields.
 
 File names are written into text (``skipped.tsv``, sidecars, the ``source`` metadata field, the printed
 summary) with ``escape_path``, a reversible escape of the OS-level bytes of the name: any name the OS
@@ -38,6 +39,9 @@ AUDIO_FORMATS = tuple(AUDIO_MEMBER_EXTENSION)
 AUDIO_MEMBER_EXTENSIONS = tuple(AUDIO_MEMBER_EXTENSION.values())
 META_MEMBER_EXTENSION = "json"
 TEXT_MEMBER_EXTENSION = "txt"  # optional: the utterance's transcript (UTF-8), never needed to train
+# Optional: the phones spoken (UTF-8, separated by single spaces, e.g. eSpeak IPA from
+# `sharding.speech`), like the transcript only for a recording that stays whole; for phone probes.
+PHONES_MEMBER_EXTENSION = "phn"
 # Fields of one entry of the index's "shards" list.
 SHARD_FIELDS = ("path", "corpus", "language", "samples", "seconds")
 # A missing-shards error lists this many paths, then the count.

@@ -1,8 +1,9 @@
 """Reading the samples of one shard tar written by `xlsr shard` (the index: ``shard_format``).
 
-A sample is ``<key>.flac`` (or ``<key>.s16``, raw int16) plus ``<key>.json`` metadata. Audio stays
-compressed until a batch is collated, so buffers hold bytes, not waveforms. Shard paths may be local
-files or any URL webdataset opens, such as ``pipe:aws s3 cp s3://bucket/shard.tar -``.
+A sample is ``<key>.flac`` (or ``<key>.s16``, raw int16) plus ``<key>.json`` metadata, and maybe a
+transcript (``<key>.txt``) and phones (``<key>.phn``). Audio stays compressed until a batch is
+collated, so buffers hold bytes, not waveforms. Shard paths may be local files or any URL webdataset
+opens, such as ``pipe:aws s3 cp s3://bucket/shard.tar -``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from xlsr.data.shard_format import (
     AUDIO_MEMBER_EXTENSION,
     AUDIO_MEMBER_EXTENSIONS,
     META_MEMBER_EXTENSION,
+    PHONES_MEMBER_EXTENSION,
     TEXT_MEMBER_EXTENSION,
 )
 
@@ -40,6 +42,8 @@ class RawSample:
     language: str
     corpus: str
     text: str | None = None  # the transcript, where the shard has one (TEXT_MEMBER_EXTENSION)
+    phones: str | None = None  # space-separated phones, where the shard has them (PHONES_MEMBER_EXTENSION)
+    speaker: str | None = None  # the metadata's speaker, where the corpus knows it
 
 
 def iter_samples(
@@ -268,6 +272,7 @@ def _to_raw_sample(sample: dict) -> RawSample | None:
         return None
     try:
         meta = json.loads(sample[META_MEMBER_EXTENSION])
+        speaker = meta.get("speaker") if isinstance(meta, dict) else None  # other JSON fails below
         return RawSample(
             key=sample["__key__"],
             audio=sample[audio_extension],
@@ -275,12 +280,17 @@ def _to_raw_sample(sample: dict) -> RawSample | None:
             num_samples=int(meta["num_samples"]),
             language=str(meta["language"]),
             corpus=str(meta["corpus"]),
-            text=sample[TEXT_MEMBER_EXTENSION].decode("utf-8", "replace")
-            if TEXT_MEMBER_EXTENSION in sample
-            else None,
+            text=_text_member(sample, TEXT_MEMBER_EXTENSION),
+            phones=_text_member(sample, PHONES_MEMBER_EXTENSION),
+            speaker=str(speaker) if speaker is not None else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _text_member(sample: dict, extension: str) -> str | None:
+    data = sample.get(extension)
+    return data.decode("utf-8", "replace") if data is not None else None
 
 
 def decode_sample(raw: RawSample) -> np.ndarray:
