@@ -10,6 +10,7 @@ from shard_helpers import SKEWED_CORPORA
 
 from sharding import ShardJob, shard
 from sharding.layouts import skewed_layout, write_skewed_shard_set
+from sharding.speech import MANIFEST_NAME, generate_speech_corpus
 from sharding.synthetic import generate_demo_corpus
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -34,6 +35,18 @@ def demo_valid_index(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("valid")
     corpus = generate_demo_corpus(root / "corpus", seed=5, scale=0.15)
     return shard(ShardJob(corpus, root / "shards", corpus="demo", workers=2, progress=False)).index_path
+
+
+@pytest.fixture(scope="session")
+def speech_shards(tmp_path_factory) -> tuple[Path, Path]:
+    """(train, held-out) index.json of the eSpeak speech corpus at half size, with phones and
+    speakers; about 20 s per language held out, by speaker."""
+    root = tmp_path_factory.mktemp("speech_data")
+    corpus = generate_speech_corpus(root / "corpus", scale=0.5)
+    job = ShardJob(corpus / MANIFEST_NAME, root / "shards", corpus="speech", workers=2, progress=False,
+                   valid_seconds=20)  # fmt: skip
+    index = shard(job).index_path
+    return index, index.parent / "valid" / "index.json"
 
 
 @pytest.fixture(scope="session")

@@ -428,8 +428,13 @@ RULES = [
     ("optim.batch_tokens=-1", "'optim.batch_tokens' must be >= 0, got -1"),
     ("validation.interval_updates=0", "'validation.interval_updates' must be >= 1, got 0"),
     ("validation.max_seconds_per_language=0", "'validation.max_seconds_per_language' must be > 0, got 0"),
-    ("validation.probe_layer=-1", "'validation.probe_layer' must be >= 0, got -1"),
-    ("validation.probe_layer=3", "'validation.probe_layer' must be <= model.encoder_layers (2)"),
+    ("validation.probe_max_utterance_seconds=0", "'validation.probe_max_utterance_seconds' must be >= 1"),
+    ("validation.probes_async=true", "'validation.probes_async' needs validation.probe and data.valid"),
+    ("validation.probe_job.cpus=0", "'validation.probe_job.cpus' must be >= 1, got 0"),
+    ("validation.probe_job.gpus=-1", "'validation.probe_job.gpus' must be >= 0, got -1"),
+    ("validation.probe_job.mem_gb=0", "'validation.probe_job.mem_gb' must be >= 1, got 0"),
+    ("validation.probe_job.time_min=0", "'validation.probe_job.time_min' must be >= 1, got 0"),
+    ("validation.probe_job.max_requeues=-1", "'validation.probe_job.max_requeues' must be >= 0, got -1"),
     ("data.min_sample_size=0", "'data.min_sample_size' must be > 0, got 0"),
     ("data.max_sample_size=0", "'data.max_sample_size' must be >= 1, got 0"),
     ("data.max_tokens=0", "'data.max_tokens' must be >= 1, got 0"),
@@ -669,3 +674,9 @@ def test_num_frames_matches_the_model():
     for _, kernel, stride in model.conv_feature_layers:
         expected = conv_output_length(expected, kernel, stride)
     assert [model.num_frames(int(n)) for n in lengths] == expected.tolist()
+
+
+def test_a_retired_key_of_an_old_saved_config_is_ignored_with_a_warning(caplog):
+    """Every config.yaml a run saved holds every field of its version: old runs stay readable."""
+    cfg = load_config(TINY, ["validation.probe_layer=2"])
+    assert cfg.validation.probe and "'validation.probe_layer' is no longer used" in caplog.text

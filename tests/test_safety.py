@@ -21,7 +21,7 @@ import pytest
 import torch
 from run_helpers import ENV, ROOT, metrics, train_args, training_metrics, xlsr
 
-from xlsr.engine.checkpoint_files import complete_checkpoints, verify_slice
+from xlsr.checkpoint_files import complete_checkpoints, verify_slice
 from xlsr.process import (
     ABORTED_EXIT_CODE,
     CTRL_C_ABORTED,

@@ -38,8 +38,8 @@ from slurm_jobs import (
 )
 
 from launchers.slurm.job import LOST_RANK_EXIT_CODE
+from xlsr.checkpoint_files import complete_checkpoints
 from xlsr.config import load_config
-from xlsr.engine.checkpoint_files import complete_checkpoints
 from xlsr.engine.watchdog import HANG_DIR, hung_before
 from xlsr.faults import FAULT_ENV
 from xlsr.process import PREEMPTED_EXIT_CODE
@@ -289,3 +289,46 @@ def test_a_hung_rank_ends_the_job_which_requeues_itself_and_resumes(env, demo_in
     assert (
         list((run_dir / "heartbeats").iterdir()) == []
     )  # the hung job's: at the restart; its own: at the end
+
+
+def probe_job_logs(run_dir: Path, job_id: str) -> str:
+    folder = run_dir / "probes" / "slurm"
+    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob(f"{job_id}_0_log.*")))
+
+
+def test_probe_jobs_probe_every_checkpoint_once_and_survive_a_requeue(env, speech_shards, tmp_path):
+    """Under SLURM, probes run beside training (validation.probes_async's default): the training job
+    submits one probe job for the initial model and one per checkpoint. The baseline's probe job is
+    requeued while it runs and completes on its restart; every (checkpoint, probe) line is written
+    once."""
+    train, valid = speech_shards
+    run_dir = tmp_path / "probed"
+    probe_job = ("validation.probe_job.gpus=0", "validation.probe_job.cpus=1",
+                 "validation.probe_job.mem_gb=2", "validation.probe_job.time_min=20")  # fmt: skip
+    overrides = train_overrides(
+        train, run_dir, "logging.wandb_mode=disabled", f"data.valid=[{valid}]", "optim.max_update=10",
+        "validation.interval_updates=10", "validation.max_seconds_per_language=20", *probe_job,
+    )  # fmt: skip
+    job_id = submit(env, *overrides, "--nodes", "1", "--tasks-per-node", "1")
+    claim = run_dir / "probes" / "claims" / "step-00000000"
+    wait_for(lambda: claim.is_file() and claim.read_text().strip(), 120, "the baseline's probe job",
+             lambda: logs(run_dir, job_id))  # fmt: skip
+    baseline_job = claim.read_text().strip()
+    wait_for(
+        lambda: scontrol_job(env, baseline_job).get("JobState") == "RUNNING", 120, "the probe job to run"
+    )
+    subprocess.run(["scontrol", "requeue", baseline_job], env=env, check=True)
+    release_requeued(env, baseline_job, run_dir)
+    assert wait_finished(env, job_id, run_dir)["JobState"] == "COMPLETED", logs(run_dir, job_id)
+    claims = sorted((run_dir / "probes" / "claims").iterdir())
+    assert [c.name for c in claims] == ["step-00000000", "step-00000005", "step-00000010"]
+    for path in claims:
+        probe_id = path.read_text().strip()
+        state = wait_finished(env, probe_id, run_dir)
+        assert state["JobState"] == "COMPLETED", probe_job_logs(run_dir, probe_id)
+        assert state["Restarts"] == ("1" if probe_id == baseline_job else "0"), state
+    lines = (run_dir / "probes.jsonl").read_text().splitlines()
+    steps = sorted((json.loads(line)["step"], json.loads(line)["probe"]) for line in lines)
+    assert steps == [(step, probe) for step in (0, 5, 10) for probe in ("lid", "phones")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["probe_phone_error_rate_step"] == 10 and "probe_lid_accuracy_baseline" in summary

@@ -1,4 +1,4 @@
-"""The `xlsr` command: shard, stats, plan, train, launch, export, import, probe, plot, demo.
+"""The `xlsr` command: shard, stats, plan, train, launch, export, import, probe, evaluate, plot, demo.
 
 These subcommands and their flags are a contract with users' scripts: extend them, never rename.
 This module only parses arguments, calls the typed entry points (`xlsr.train`, `sharding.shard`,
@@ -164,6 +164,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from xlsr.evaluation.evaluate import evaluate_run, trend_lines
+
+    if args.every < 1:
+        raise UserError(f"--every must be at least 1, got {args.every}")
+    written = evaluate_run(
+        args.run_dir, every=args.every, valid=args.valid, device=args.device, follow_pid=args.follow
+    )
+    print(f"{len(written)} probe result(s) written to {Path(args.run_dir) / 'probes.jsonl'}")
+    for line in trend_lines(args.run_dir):
+        print(line)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from xlsr.evaluation.plot import plot_run
 
@@ -243,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="working directory (reused by later runs)")
     demo.add_argument("--nproc", type=int, default=2)
     demo.add_argument(
-        "--corpus-scale", type=float, default=2.0, help="size of the generated corpus (1.0 = 12.5 minutes)"
+        "--corpus-scale",
+        type=float,
+        default=2.0,
+        help="size of the generated speech corpus (1.0 = about 14 minutes)",
     )
     demo.add_argument("overrides", nargs="*", help="overrides for configs/tiny.yaml")
     demo.set_defaults(func=cmd_demo)
@@ -282,6 +299,18 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     probe.add_argument("--device", default="cpu")
     probe.add_argument("--json", help="also write the result as JSON")
     probe.set_defaults(func=cmd_probe)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="probe every checkpoint of a run that has no probe results yet (probes.jsonl)"
+    )
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--every", type=int, default=1, help="only checkpoints of every N-th update")
+    evaluate.add_argument(
+        "--valid", nargs="+", help="held-out index.json to probe on (default: the run's data.valid)"
+    )
+    evaluate.add_argument("--device", help="default: cuda when available, else cpu")
+    evaluate.add_argument("--follow", type=int, metavar="PID", help=argparse.SUPPRESS)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     plot = commands.add_parser(
         "plot", help="loss, validation, probe, schedule and throughput curves of a run"

@@ -98,3 +98,18 @@ def publish_directory(tmp: str | os.PathLike, final: str | os.PathLike, files_sy
     fsync_dir(tmp.parent)
     os.rename(tmp, final)
     fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def locked_file(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive POSIX record lock on ``path`` (created if needed) while inside: NFS- and
+    Lustre-safe, released by the kernel when the holder dies."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

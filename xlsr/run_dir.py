@@ -7,6 +7,8 @@
   summary.json       first/last metrics, validation, best checkpoint, data streams; written at exit
   wandb_run_id       the W&B run id, kept across requeues
   wandb/             the W&B run (offline mode: `wandb sync` it)
+  probes.jsonl       one JSON line per (checkpoint, probe): phone error rate, language ID (`ProbeLog`)
+  probes/            the probe side jobs' logs and claims (xlsr.engine.probing)
   checkpoints/       the checkpoints (xlsr.engine.checkpoint writes them)
     step-NNNNNNNN/     one checkpoint: the backend's files (DCP .metadata + shards, or DeepSpeed's),
                        trainer.pt, rank-RRRRR.pt, config.yaml, meta.json, manifest.json
@@ -18,12 +20,15 @@ Torch-free: the launchers, `xlsr stats --run`, `xlsr plot` and the demo read run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlsr.fileio import atomic_write_text
+from xlsr.fileio import atomic_write_text, locked_file
 
 log = logging.getLogger("xlsr.train")
 
@@ -35,6 +40,8 @@ CHECKPOINTS_NAME = "checkpoints"
 VALID_KIND = "valid"  # the "kind" of a validation line in metrics.jsonl (training lines have none)
 HEALTH_KIND = "health"  # a health sentinel event (xlsr.engine.health), with its "updates_drawn"
 HEALTH_DIR = "health"  # <run_dir>/health/rollback-N.json: the utterances each rollback skipped
+PROBES_NAME = "probes.jsonl"
+PROBES_DIR = "probes"  # the probe side jobs' logs, claims and locks
 
 # Inside a checkpoint directory.
 TRAINER_STATE_NAME = "trainer.pt"
@@ -101,3 +108,114 @@ class RunHistory:
     def append(self, step: int, metrics: dict[str, float]) -> None:
         with open(self.path, "a") as history:
             history.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+class ProbeLog:
+    """``probes.jsonl``: one line per (checkpoint step, probe), each written once.
+
+    Whoever probes (the trainer, a side process, a SLURM probe job, `xlsr evaluate`) appends under
+    `locked` and checks `done` inside the same lock, so a checkpoint is never recorded twice; step 0
+    is the randomly initialised model, every probe's baseline. Lines of checkpoints that pruning
+    deleted later stay. The probe fields of ``summary.json`` are merged in under the same lock.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / PROBES_NAME
+        self.lock_path = self.run_dir / PROBES_DIR / "probes.jsonl.lock"
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive for appending, setting aside and summary merges."""
+        return locked_file(self.lock_path)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The first line of every (step, probe); torn lines (a kill mid-write) are dropped."""
+        if not self.path.is_file():
+            return []
+        seen, records = set(), []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or not {"step", "probe"} <= record.keys():
+                continue
+            if (record["step"], record["probe"]) not in seen:
+                seen.add((record["step"], record["probe"]))
+                records.append(record)
+        return records
+
+    def done(self, step: int, probe: str) -> bool:
+        return any(r["step"] == step and r["probe"] == probe for r in self.records())
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One line, synced; call under `locked`. A torn earlier line is ended first."""
+        with open(self.path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+            handle.write((json.dumps(record) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def set_aside_after(self, step: int, label: str) -> None:
+        """A fresh start (``step`` -1), a resume or a rollback to ``step``: later lines describe
+        updates that will be trained again. They move to ``probes/set-aside-<label>.jsonl``, and the
+        SLURM claims of their steps are renamed, so the new checkpoints get probed."""
+        with self.locked():
+            records = self.records()
+            later = [r for r in records if r["step"] > step]
+            if later:
+                aside = self.lock_path.parent / f"set-aside-{label}.jsonl"
+                with open(aside, "a") as handle:
+                    handle.write("".join(json.dumps(r) + "\n" for r in later))
+                kept = [r for r in records if r["step"] <= step]
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            for claim in (self.lock_path.parent / "claims").glob("step-????????"):
+                if int(claim.name[5:]) > step:
+                    claim.rename(claim.with_name(f"{claim.name}.set-aside-{label}"))
+
+    def merge_into_summary(self) -> None:
+        """Refresh the probe fields of ``summary.json``, if the run wrote one; call under `locked`."""
+        path = self.run_dir / SUMMARY_NAME
+        summary = read_json_object(path)
+        if summary is not None:
+            summary = {k: v for k, v in summary.items() if not k.startswith("probe_")}
+            atomic_write_text(path, json.dumps({**summary, **probe_summary(self.records())}, indent=2))
+
+
+@dataclass(frozen=True)
+class ProbeKind:
+    metric: str  # the metric's name in probes.jsonl, W&B (probe/<metric>) and summary.json (probe_<metric>)
+    title: str
+    lower_is_better: bool
+
+
+PROBE_KINDS = {
+    "phones": ProbeKind("phone_error_rate", "phone error rate", True),
+    "chars": ProbeKind("char_error_rate", "character error rate", True),
+    "lid": ProbeKind("lid_accuracy", "LID accuracy", False),
+}
+UPDATE_KEY = "update"  # the x axis of every W&B chart (training's and the probes')
+
+
+def probe_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest checkpoint's value of every probe, its interval, and the update-0 baseline's."""
+    summary: dict[str, Any] = {}
+    for probe, kind in PROBE_KINDS.items():
+        name = f"probe_{kind.metric}"
+        mine = sorted((r for r in records if r["probe"] == probe), key=lambda r: r["step"])
+        if not mine:
+            continue
+        last, first = mine[-1], mine[0]
+        if last["step"] > 0:
+            summary[name] = last["value"]
+            summary[f"{name}_interval"] = last["interval"]
+            summary[f"{name}_step"] = last["step"]
+            summary[f"{name}_per_language"] = {k: v["value"] for k, v in last["per_language"].items()}
+        if first["step"] == 0:
+            summary[f"{name}_baseline"] = first["value"]
+            summary[f"{name}_baseline_interval"] = first["interval"]
+    return summary

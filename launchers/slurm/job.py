@@ -159,10 +159,15 @@ class TrainTask:
         # A hung job is requeued by the rank that declares the hang (xlsr.engine.watchdog).
         requeue = lambda _line: requeue_or_stop(job_id, restarts, self.max_requeues, "hung")  # noqa: E731
         HANG_HOOKS.append(requeue)
+        from launchers.slurm.probe_job import submit_probe_job
+        from xlsr.engine.probing import PROBE_SUBMITTERS
+
+        PROBE_SUBMITTERS.append(submit_probe_job)  # probes beside training: a job per checkpoint
         try:
             code = train_run_dir(Path(self.run_dir))
         finally:
             HANG_HOOKS.remove(requeue)
+            PROBE_SUBMITTERS.remove(submit_probe_job)
             signals.close()
         if code == 0:
             return {"status": "finished", "run_dir": self.run_dir, "rank": dist_env.rank}
@@ -232,7 +237,7 @@ def lost_another_rank(exc: BaseException) -> bool:
 
 def lost_rank_text(exc: BaseException, checkpoint_dir: Path) -> str:
     """One line for a rank that lost another one: what happened, and how to continue."""
-    from xlsr.engine.checkpoint_files import complete_checkpoints
+    from xlsr.checkpoint_files import complete_checkpoints
 
     rank, job_id = os.environ.get("RANK", "?"), os.environ.get("SLURM_JOB_ID", "?")
     saved = complete_checkpoints(checkpoint_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -21,6 +22,8 @@ from xlsr.config.presets import MODEL_PRESETS, WAV2VEC2_PRESETS
 from xlsr.config.schema import ConfigError, ModelConfig, TrainConfig, Wav2Vec2Config
 from xlsr.config.validation import validate
 from xlsr.fileio import atomic_write_text
+
+log = logging.getLogger("xlsr.config")
 
 PRESET_KEY = "preset"
 _PRESETS: dict[type, dict[str, typing.Callable[[], Any]]] = {
@@ -65,11 +68,23 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
+# Keys earlier versions wrote into every saved config.yaml, read and dropped (with a warning) so that
+# old runs and checkpoints stay readable: dotted key -> what replaced it.
+RETIRED_KEYS = {
+    "validation.probe_layer": "the probes weigh every layer (docs/evaluation.md)",
+}
+
+
 def from_dict(cls: type, data: Any, source: str = "<dict>", prefix: str = "") -> Any:
     """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
+    retired = [key for key in data if f"{prefix}{key}" in RETIRED_KEYS]
+    for key in retired:
+        log.warning("%s: '%s%s' is no longer used (%s); ignored", source, prefix, key,
+                    RETIRED_KEYS[f"{prefix}{key}"])  # fmt: skip
+    data = {key: value for key, value in data.items() if key not in retired}
     if cls is TrainConfig:
         data = _wav2vec2_section(data, source)
     presets = _PRESETS.get(cls, {})

@@ -239,15 +239,35 @@ class LoggingConfig:
 
 
 @dataclass
+class ProbeJobConfig:
+    """What one SLURM probe job asks for (``validation.probes_async`` under SLURM)."""
+
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int | None = None
+    time_min: int = 60
+    partition: str | None = None  # None: launcher.partition
+    max_requeues: int = 5
+
+
+@dataclass
 class ValidationConfig:
-    """Held-out loss and the language-ID probe, every ``interval_updates`` (and at update 0)."""
+    """Held-out loss every ``interval_updates`` (and at update 0); probes on every checkpoint."""
 
     interval_updates: int = 5_000
-    # At most this much audio per (corpus, language) of the valid set (chosen by key, deterministic).
+    # At most this much audio per (corpus, language) of the valid set (chosen by key, deterministic);
+    # the probes read the same amount, as whole utterances.
     max_seconds_per_language: float = 300.0
-    # Transformer layer whose mean-pooled output the probe reads (1 = first; 0 = the last).
-    probe_layer: int = 0
+    # The probes of docs/evaluation.md on every checkpoint and on the initial model (their baseline):
+    # phone (or character) recognition and language ID, on frozen features of every layer.
     probe: bool = True
+    # True: probes run beside training (a SLURM job per checkpoint, or one low-priority local
+    # process), never blocking it; false: rank 0 probes each checkpoint after saving while the
+    # other ranks wait. None: true under SLURM, false otherwise.
+    probes_async: bool | None = None
+    # Longer held-out utterances are left out of the probes (phone sequences cannot be cropped).
+    probe_max_utterance_seconds: float = 20.0
+    probe_job: ProbeJobConfig = field(default_factory=ProbeJobConfig)
 
 
 HealthAction = Literal["warn", "stop", "rollback"]

@@ -117,7 +117,12 @@ RANGES: dict[str, Rule] = {
     "health.rollback_lr_updates": at_least(0),
     "validation.interval_updates": at_least(1),
     "validation.max_seconds_per_language": above(0),
-    "validation.probe_layer": at_least(0),
+    "validation.probe_max_utterance_seconds": at_least(1),
+    "validation.probe_job.gpus": at_least(0),
+    "validation.probe_job.cpus": at_least(1),
+    "validation.probe_job.mem_gb": at_least(1),
+    "validation.probe_job.time_min": at_least(1),
+    "validation.probe_job.max_requeues": at_least(0),
     "launcher.nodes": at_least(1),
     "launcher.gpus_per_node": at_least(0),
     "launcher.cpus_per_task": at_least(1),
@@ -195,9 +200,8 @@ def _cross_field_violations(cfg: TrainConfig) -> Iterator[Violation]:
         yield "optim.update_freq", requirement, optim.update_freq
     if not math.isclose(sum(optim.tri_stage_ratios), 1.0):
         yield "optim.tri_stage_ratios", "must add up to 1", list(optim.tri_stage_ratios)
-    if cfg.validation.probe_layer > model.encoder_layers:
-        requirement = f"must be <= model.encoder_layers ({model.encoder_layers}); 0 means the last"
-        yield "validation.probe_layer", requirement, cfg.validation.probe_layer
+    if cfg.validation.probes_async and not (cfg.validation.probe and cfg.data.valid):
+        yield "validation.probes_async", "needs validation.probe and data.valid (the held-out set)", True
     if cfg.health.hang_s is not None and 0 < cfg.health.hang_s >= cfg.distributed.timeout_s:
         requirement = (f"must be < distributed.timeout_s ({cfg.distributed.timeout_s}), so that the watchdog "
                        "speaks before a collective times out (0 = no watchdog)")  # fmt: skip

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xlsr.engine.checkpoint_files import step_dir_name
+from xlsr.checkpoint_files import step_dir_name
 from xlsr.fileio import atomic_write_text
 from xlsr.run_dir import BEST_NAME, read_json_object
 

@@ -7,7 +7,7 @@ Layout of one checkpoint, ``<checkpoint_dir>/step-00001000/``:
   counters, run ids; ``backend``: scheduler, loss scale), and the world size (rank 0);
 - ``rank-00003.pt``: that rank's own parts (``rng``, ``data``);
 - ``config.yaml``: the resolved config; ``meta.json``: a human-readable summary;
-- ``manifest.json``: size and CRC-32 of every file above (`xlsr.engine.checkpoint_files`).
+- ``manifest.json``: size and CRC-32 of every file above (`xlsr.checkpoint_files`).
 
 Everything is written into ``step-N.<job token>.tmp/``, fsynced, and renamed when every rank has
 finished, so a ``step-N`` directory is always complete. On resume the newest checkpoint whose files
@@ -22,15 +22,14 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-from xlsr.config import TrainConfig, dump_config
-from xlsr.engine.best import recorded_best_step
-from xlsr.engine.checkpoint_files import (
+from xlsr.checkpoint_files import (
     checkpoint_files,
     complete_checkpoints,
     describe_files,
@@ -38,6 +37,8 @@ from xlsr.engine.checkpoint_files import (
     step_dir_name,
     verify_slice,
 )
+from xlsr.config import TrainConfig, dump_config
+from xlsr.engine.best import recorded_best_step
 from xlsr.engine.distributed import DistEnv
 from xlsr.fileio import atomic_write_text, fsync_dir, publish_directory
 from xlsr.process import UserError
@@ -86,6 +87,9 @@ class Checkpointer:
         self.run_uid: str | None = None  # set by the trainer: checkpoints of this run carry it
         self._pending: tuple[Any, Path, Path, int] | None = None
         self._damaged: set[Path] = set()
+        # Rank 0's hooks (the trainer's probes): a checkpoint was published; steps pruning must keep.
+        self.on_published: Callable[[int], None] = lambda _step: None
+        self.pinned_steps: Callable[[], set[int]] = set
         token = [secrets.token_hex(4) if env.is_main else None]
         if env.world_size > 1:
             dist.broadcast_object_list(token, src=0, group=env.cpu_group)
@@ -234,6 +238,7 @@ class Checkpointer:
             atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"files": files}, indent=1, sort_keys=True))
             self._move_aside_if_present(final)
             publish_directory(tmp, final, files_synced=True)
+            self.on_published(step)
             self._prune(step)
         dist.barrier()
 
@@ -254,7 +259,8 @@ class Checkpointer:
         """Delete this run's older checkpoints beyond ``keep_last`` (and not kept by ``keep_every``).
 
         Never a checkpoint newer than the one just written, of another run, written by an older
-        xlsr (no run id), or damaged; only intact ones count toward ``keep_last``.
+        xlsr (no run id), damaged, or pinned (not probed yet by probes running beside training);
+        only intact ones count toward ``keep_last``.
         """
         keep_every = self.cfg.checkpoint.keep_every
         ours = [
@@ -265,6 +271,7 @@ class Checkpointer:
         recent = {step for step, _ in ours[-self.cfg.checkpoint.keep_last :]} | {
             current,
             recorded_best_step(self.root),
+            *self.pinned_steps(),
         }
         for step, path in ours:
             if step not in recent and not (keep_every and step % keep_every == 0):

@@ -23,10 +23,17 @@ from xlsr.engine.health import HealthEvent
 from xlsr.engine.metrics import format_console_line
 from xlsr.fileio import atomic_write_text
 from xlsr.objectives import Objective
-from xlsr.run_dir import HEALTH_KIND, VALID_KIND, WANDB_ID_NAME, RunHistory
+from xlsr.run_dir import (
+    HEALTH_KIND,
+    UPDATE_KEY,
+    VALID_KIND,
+    WANDB_ID_NAME,
+    ProbeLog,
+    RunHistory,
+    probe_summary,
+)
 
 log = logging.getLogger("xlsr.train")
-UPDATE_KEY = "update"  # the x-axis of every W&B chart
 
 
 @dataclass
@@ -71,6 +78,7 @@ class WandbLogger:
             entity=cfg.logging.wandb_entity,
             name=cfg.logging.run_name or Path(cfg.run_dir).name,
             id=run_id,
+            group=run_id,  # with the probes' run (xlsr.evaluation.probe_wandb)
             resume="allow",
             dir=cfg.run_dir,
             mode=cfg.logging.wandb_mode,
@@ -161,22 +169,23 @@ class RunSummary(RunHistory):
             "events": health,
             "rollbacks": sum("rolled back" in r["outcome"] for r in health),
         }
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+        probes = ProbeLog(self.summary_path.parent)
+        with probes.locked():  # a probe job may be merging its results into summary.json right now
+            summary.update(probe_summary(probes.records()))
+            atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
 
 def validation_summary(
     valid: list[dict[str, Any]], best: dict[str, Any] | None, best_key: str
 ) -> dict[str, Any]:
-    """The last validation's values (``valid_*``, per-language ``valid/...``, ``probe_*``), the probe's
-    baseline (its value at update 0, the randomly initialised model) and the best checkpoint."""
+    """The last validation's values (``valid_*``, per-language ``valid/...``), the loss at update 0
+    (the randomly initialised model) and the best checkpoint."""
     if not valid:
         return {}
     last = {k: v for k, v in valid[-1].items() if k not in ("kind", "step")}
     summary: dict[str, Any] = {**last, "valid_step": valid[-1]["step"]}
     if valid[0]["step"] == 0:
         summary[f"{best_key}_update_0"] = valid[0][best_key]
-        if "probe_lid_accuracy" in valid[0]:
-            summary["probe_lid_accuracy_baseline"] = valid[0]["probe_lid_accuracy"]
     if best is not None:
         summary["best"] = best
     return summary
@@ -280,7 +289,5 @@ class Reporter:
 
 def format_validation_line(step: int, objective: Objective, metrics: dict[str, float]) -> str:
     parts = [f"valid update {step}", *objective.validation_columns(metrics)]
-    if "probe_lid_accuracy" in metrics:
-        parts.append(f"LID probe {metrics['probe_lid_accuracy']:.3f}")
     parts.append(f"{metrics['valid_seconds']:.1f} s")
     return " | ".join(parts)

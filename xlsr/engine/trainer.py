@@ -38,6 +38,7 @@ from xlsr.engine.distributed import DistEnv, any_rank_host_each
 from xlsr.engine.health import HealthEvent, HealthSentinel, strongest
 from xlsr.engine.metrics import IntervalMeter, stream_metrics
 from xlsr.engine.optim import reapply_schedule
+from xlsr.engine.probing import ProbeScheduler
 from xlsr.engine.reporting import Reporter, TrainResult, wandb_run_id
 from xlsr.engine.state import RNGState, TrainState
 from xlsr.engine.watchdog import Watchdog, hung_before
@@ -46,7 +47,7 @@ from xlsr.faults import FAULT_ENV, Faults, read_faults
 from xlsr.fileio import atomic_write_text
 from xlsr.objectives import Objective, Prepared, build_objective
 from xlsr.process import HEALTH_EXIT_CODE, StopRequest
-from xlsr.run_dir import CONFIG_NAME, HEALTH_DIR, RunHistory
+from xlsr.run_dir import CONFIG_NAME, HEALTH_DIR, ProbeLog, RunHistory
 from xlsr.seeding import derive_seed
 from xlsr.weights import ENCODER_PREFIXES, UnreadableCheckpointError, read_weights
 
@@ -64,6 +65,9 @@ class Trainer:
         if env.is_main:
             _log_effective_batch(cfg, env.world_size)
         self.checkpointer = Checkpointer(cfg, env)
+        self.probes = ProbeScheduler(cfg, env)
+        self.checkpointer.on_published = self.probes.published
+        self.checkpointer.pinned_steps = self.probes.pinned_steps
         hang_s = cfg.health.hang_seconds(cfg.distributed.timeout_s)
         self.watchdog = Watchdog(Path(cfg.run_dir), self.checkpointer.token, env.rank, env.world_size, hang_s)
         self.resume_from = self.checkpointer.resume_path()
@@ -145,6 +149,8 @@ class Trainer:
             # A fresh start keeps nothing (not even an earlier attempt's validation at update 0).
             history = RunHistory(Path(self.cfg.run_dir))
             history.keep_until(self.state.step if path is not None else -1, self.sentinel.updates_drawn)
+            kept = self.state.step if path is not None else -1
+            ProbeLog(Path(self.cfg.run_dir)).set_aside_after(kept, self.checkpointer.token)
 
     def fit(self) -> TrainResult:
         self.watchdog.start()  # from here on, every way out of fit stops it (close)
@@ -159,6 +165,7 @@ class Trainer:
             reporter = self._start_reporting(result)
             if self.validator is not None and self.state.step == 0:
                 self._validate(reporter)  # the baseline: the model before any update
+            self.probes.start(self._probe_beat)
             self._loop(reporter, result)
         except BaseException as exc:
             self.watchdog.exit_if_hung()  # an error from a collective whose peer the watchdog ended
@@ -215,6 +222,8 @@ class Trainer:
                 reporter.note(f"saved checkpoint {result.checkpoint}")
                 self.recent_keys = [entry for entry in self.recent_keys if entry[0] > self.keys_after]
                 self.keys_after = step
+                if not stop:
+                    self.probes.probe_inline(self._probe_beat)
                 last_save = time.monotonic()
             if best:
                 self.best.record()
@@ -379,8 +388,10 @@ class Trainer:
             f"{self.cfg.health.rollback_window} updates)"
         )
         reporter.health(event, window["updates_drawn"], outcome, window)
-        if self.env.is_main:  # the undone updates' lines go; the health events stay
+        if self.env.is_main:  # the undone updates' lines go (probes: aside); the health events stay
             RunHistory(Path(self.cfg.run_dir)).keep_until(to_step, window["updates_drawn"])
+            label = f"{self.checkpointer.token}-{len(self.sentinel.rollbacks)}"
+            ProbeLog(Path(self.cfg.run_dir)).set_aside_after(to_step, label)
         return None
 
     def _skipped_window(self, to_step: int, number: int) -> dict:
@@ -443,6 +454,9 @@ class Trainer:
         due = 0 < minutes <= since_save_s / 60
         stop, timed = any_rank_host_each([self.stop.requested, due], self.env)
         return stop, timed
+
+    def _probe_beat(self) -> None:
+        self.watchdog.beat("probes", self.state.step)
 
     def _shared(self) -> dict:
         """The stateful parts every rank shares, saved once per checkpoint (``trainer.pt``)."""

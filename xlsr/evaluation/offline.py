@@ -7,6 +7,8 @@ model on the same held-out data. Only the encoder is needed.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,6 @@ import torch
 from xlsr.config import SAMPLE_RATE, ConfigError, DataConfig, ValidationConfig
 from xlsr.evaluation.probe import ProbeResult, lid_probe
 from xlsr.evaluation.valid_set import load_valid_set
-from xlsr.evaluation.validate import mean_pooled_output
 from xlsr.weights import read_weights
 
 
@@ -58,7 +59,7 @@ def probe_checkpoint(
         min_sample_size=min(SAMPLE_RATE, crop),
         normalize=model_cfg.extractor_mode == "layer_norm",  # as the model was pretrained
     )
-    validation = ValidationConfig(max_seconds_per_language=max_seconds_per_language, probe_layer=layer)
+    validation = ValidationConfig(max_seconds_per_language=max_seconds_per_language)
     valid_set = load_valid_set(data, validation)
     features = torch.zeros(valid_set.size, model_cfg.encoder_embed_dim)
     with torch.no_grad(), mean_pooled_output(model, layer) as pooled:
@@ -69,3 +70,20 @@ def probe_checkpoint(
     labels = torch.tensor([languages.index(valid_set.streams[s][1]) for s in valid_set.labels])
     result = lid_probe(features, labels, valid_set.keys)
     return OfflineProbe(str(path), layer, languages, valid_set.size, result)
+
+
+@contextlib.contextmanager
+def mean_pooled_output(model: torch.nn.Module, layer: int) -> Iterator[list[torch.Tensor]]:
+    """While active, ``holder[0]`` is the time-mean of transformer layer ``layer``'s output (1-based;
+    0 = the last) for the first utterance of the latest forward pass."""
+    pooled: list[torch.Tensor] = [torch.zeros(())]
+    layers = model.blocks
+
+    def keep(_module, _inputs, output) -> None:
+        pooled[0] = output.float().mean(dim=1)[0]
+
+    handle = layers[(layer or len(layers)) - 1].register_forward_hook(keep)
+    try:
+        yield pooled
+    finally:
+        handle.remove()

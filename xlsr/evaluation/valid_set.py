@@ -10,6 +10,7 @@ alone, so values are comparable across updates, world sizes, backends and resume
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,22 +62,36 @@ def load_valid_set(
 
 
 def _choose(data: DataConfig, validation: ValidationConfig) -> list[RawSample]:
-    """Every stream's utterances by key hash, up to the cap; streams in name order."""
+    return choose_by_key(
+        data.valid,
+        lambda raw: raw.num_samples >= data.min_sample_size,
+        validation.max_seconds_per_language * SAMPLE_RATE,
+        lambda raw: min(raw.num_samples, data.max_sample_size),
+    )
+
+
+def choose_by_key(
+    indexes: list[str],
+    keep: Callable[[RawSample], bool],
+    cap_samples: float,
+    counted: Callable[[RawSample], int],
+) -> list[RawSample]:
+    """Every (corpus, language) stream's utterances that ``keep`` accepts, in the order of a hash of
+    their key, until their ``counted`` samples reach ``cap_samples``; streams in name order."""
     by_stream: dict[tuple[str, str], list[RawSample]] = {}
-    for path in data.valid:
+    for path in indexes:
         for shard in read_index(path).shards:
             for raw in iter_shard(shard.url):
-                if raw.num_samples >= data.min_sample_size:
+                if keep(raw):
                     by_stream.setdefault((raw.corpus, raw.language), []).append(raw)
-    cap = validation.max_seconds_per_language * SAMPLE_RATE
     chosen = []
     for name in sorted(by_stream):
         total = 0
         for raw in sorted(by_stream[name], key=lambda r: (key_hash(r.key), r.key)):
-            if total >= cap:
+            if total >= cap_samples:
                 break
             chosen.append(raw)
-            total += min(raw.num_samples, data.max_sample_size)
+            total += counted(raw)
     return chosen
 
 
