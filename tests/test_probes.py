@@ -90,10 +90,27 @@ def without_probes(speech_shards, tmp_path_factory) -> Path:
     train, valid = speech_shards
     run_dir = tmp_path_factory.mktemp("probe_runs") / "without"
     args = train_args(train, run_dir, f"data.valid=[{valid}]", "validation.probe=false", *PROBE_RUN)
-    result = xlsr("launch", "local", "--nproc", "2", *args)
+    result = xlsr("launch", "local", "--nproc", "1", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / PROBES_NAME).exists()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def with_probes(speech_shards, tmp_path_factory) -> tuple[Path, str]:
+    """The same run with probes beside training (a local side process); (run dir, its stderr), once
+    the side process has recorded every checkpoint and merged them into summary.json."""
+    train, valid = speech_shards
+    run_dir = tmp_path_factory.mktemp("probe_runs") / "with"
+    args = train_args(train, run_dir, f"data.valid=[{valid}]", "validation.probes_async=true", *PROBE_RUN)
+    result = xlsr("launch", "local", "--nproc", "1", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wait_for_lines(run_dir, 6)  # steps 0, 5, 10 × phones, lid: the side process ends after
+    deadline = time.monotonic() + 60
+    while json.loads((run_dir / "summary.json").read_text()).get("probe_lid_accuracy_step") != 10:
+        assert time.monotonic() < deadline, "summary.json never got the probes"
+        time.sleep(1)
+    return run_dir, result.stderr
 
 
 def wait_for_lines(run_dir: Path, count: int, timeout_s: float = 240) -> list[dict]:
@@ -108,17 +125,13 @@ def wait_for_lines(run_dir: Path, count: int, timeout_s: float = 240) -> list[di
 
 @pytest.mark.slow
 def test_probes_beside_training_record_every_checkpoint_once_and_change_no_update(
-    speech_shards, without_probes, tmp_path
+    with_probes, without_probes
 ):
-    train, valid = speech_shards
-    run_dir = tmp_path / "with"
-    args = train_args(train, run_dir, f"data.valid=[{valid}]", "validation.probes_async=true", *PROBE_RUN)
-    result = xlsr("launch", "local", "--nproc", "2", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "probing checkpoints beside training" in result.stderr
+    run_dir, stderr = with_probes
+    assert "probing checkpoints beside training" in stderr
     ours, reference = metrics(run_dir), metrics(without_probes)
     assert [[m[k] for k in TRAINING_KEYS] for m in ours] == [[m[k] for k in TRAINING_KEYS] for m in reference]
-    records = wait_for_lines(run_dir, 6)  # steps 0, 5, 10 × phones, lid: the side process ends after
+    records = ProbeLog(run_dir).records()
     assert sorted((r["step"], r["probe"]) for r in records) == [
         (step, probe) for step in (0, 5, 10) for probe in ("lid", "phones")
     ]
@@ -132,29 +145,32 @@ def test_probes_beside_training_record_every_checkpoint_once_and_change_no_updat
     # keep_last=1: step 5 stays while it waits for its probe (pruned at the next save, if any)
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
     assert checkpoints[-1] == "step-00000010" and set(checkpoints) <= {"step-00000005", "step-00000010"}
-    deadline = time.monotonic() + 60
-    while "probe_lid_accuracy" not in json.loads((run_dir / "summary.json").read_text()):
-        assert time.monotonic() < deadline, "summary.json never got the probes"
-        time.sleep(1)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["probe_phone_error_rate_step"] == 10
     assert summary["probe_phone_error_rate_baseline"] == phones[0]["value"]
 
 
 @pytest.mark.slow
-def test_evaluate_fills_in_a_copied_run_directory(without_probes, tmp_path):
+def test_evaluate_fills_in_a_copied_run_directory(with_probes, tmp_path):
+    """A copy of the run (elsewhere, as on another machine) that lost its later probe lines: `xlsr
+    evaluate --every 10` probes update 10 again, and only that."""
+    original, _ = with_probes
     copy = tmp_path / "copied"
-    shutil.copytree(without_probes, copy)
+    shutil.copytree(original, copy)
+    baseline_only = [line for line in (copy / PROBES_NAME).read_text().splitlines() if '"step": 0,' in line]
+    (copy / PROBES_NAME).write_text("\n".join(baseline_only) + "\n")
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if "probe" not in k}))
     result = xlsr("evaluate", str(copy), "--every", "10", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
-    steps = sorted({r["step"] for r in ProbeLog(copy).records()})
-    assert steps == [0, 10]  # --every 10: the baseline and update 10 (step 5 was pruned anyway)
+    assert sorted((r["step"], r["probe"]) for r in ProbeLog(copy).records()) == [
+        (step, probe) for step in (0, 10) for probe in ("lid", "phones")
+    ]
     assert "update 10: phone error rate" in result.stdout and "random-init baseline" in result.stdout
-    assert "4 probe result(s) written" in result.stdout
-    assert not (without_probes / PROBES_NAME).exists()  # the original is untouched
-    again = xlsr("evaluate", str(copy))
+    assert "2 probe result(s) written" in result.stdout
+    assert len((original / PROBES_NAME).read_text().splitlines()) == 6  # the original is untouched
+    again = xlsr("evaluate", str(copy), "--every", "10")
     assert again.returncode == 0 and "0 probe result(s) written" in again.stdout
-    summary = json.loads((copy / "summary.json").read_text())
-    assert summary["probe_phone_error_rate_step"] == 10
+    assert json.loads((copy / "summary.json").read_text())["probe_phone_error_rate_step"] == 10
     bad = xlsr("evaluate", str(tmp_path / "nothing"))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr and "Traceback" not in bad.stderr
