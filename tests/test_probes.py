@@ -62,6 +62,32 @@ def test_summary_gets_the_newest_probe_and_the_baseline_without_losing_other_fie
     assert probe_summary([]) == {}
 
 
+def test_lines_of_retrained_steps_are_set_aside_with_their_claims(tmp_path):
+    """A rollback to update 5 (or a fresh start: -1): later lines and SLURM claims move aside, so
+    the retrained checkpoints get probed; nothing is deleted."""
+    log = ProbeLog(tmp_path)
+    claims = tmp_path / "probes" / "claims"
+    claims.mkdir(parents=True)
+    with log.locked():
+        for step in (0, 5, 10):
+            log.append(record(step, "phones", 0.5))
+            (claims / f"step-{step:08d}").write_text("123\n")
+    log.set_aside_after(5, "job1-1")
+    assert [r["step"] for r in log.records()] == [0, 5]
+    aside = tmp_path / "probes" / "set-aside-job1-1.jsonl"
+    assert [json.loads(line)["step"] for line in aside.read_text().splitlines()] == [10]
+    assert sorted(p.name for p in claims.iterdir()) == [
+        "step-00000000",
+        "step-00000005",
+        "step-00000010.set-aside-job1-1",
+    ]
+    log.set_aside_after(-1, "job2")
+    assert (
+        log.records() == []
+        and len((tmp_path / "probes" / "set-aside-job2.jsonl").read_text().splitlines()) == 2
+    )
+
+
 def test_characters_of_a_transcript():
     assert characters("Hello, wörld!") == (*"hello", WORD_BOUNDARY, *"wörld")
     assert characters("नमस्ते दुनिया")[:6] == tuple("नमस्ते")  # combining marks are kept

@@ -51,6 +51,14 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert valid[-1]["valid_loss_prediction"] < valid[0]["valid_loss_prediction"]
     assert summary["valid_loss_prediction"] == valid[-1]["valid_loss_prediction"]
     assert "valid/demo/en/loss_prediction" in summary and "valid loss prediction" in text
+    # BEST-RQ's loss against its chance level, the best checkpoint (it learns: the newest is the best)
+    assert (
+        f"prediction {valid[0]['valid_loss_prediction']:.3f} bits (chance 9.000)"
+        in result.stdout + result.stderr
+    )
+    best = json.loads((out / "run" / "checkpoints" / "best.json").read_text())
+    assert summary["best"]["step"] == best["step"] == 100 and "valid_loss_prediction" in best
+    assert summary["valid_loss_prediction_update_0"] == valid[0]["valid_loss_prediction"]
     # the probes, in the loop (the local default): the initial model and the checkpoint, with intervals
     for key in ("probe_phone_error_rate", "probe_lid_accuracy"):
         assert summary[f"{key}_step"] == 100 and f"{key}_baseline" in summary
