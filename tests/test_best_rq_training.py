@@ -70,7 +70,7 @@ def test_resume_reproduces_the_uninterrupted_losses(demo_index, tmp_path):
         result = xlsr("launch", "local", "--nproc", "2", *best_rq, *args)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    run(tmp_path / "whole", "stop_at_update=20")
+    run(tmp_path / "whole", "stop_at_update=10")
+    run(tmp_path / "split", "stop_at_update=5")
     run(tmp_path / "split", "stop_at_update=10")
-    run(tmp_path / "split", "stop_at_update=20")
     assert trajectory(tmp_path / "split") == trajectory(tmp_path / "whole")

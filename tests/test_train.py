@@ -32,9 +32,9 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
         str(out),
         "--corpus-scale",
         "0.3",
-        "optim.max_update=100",
+        "optim.max_update=75",
         "logging.interval=25",
-        "checkpoint.interval_updates=100",
+        "checkpoint.interval_updates=75",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
@@ -45,9 +45,9 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     # The objective falls from the start (the demo's LR and warmup, a shorter run).
     losses = [line["loss"] for line in metrics(out / "run")]
     assert losses[-1] < losses[0] - 0.2 and summary["last"]["loss"] == losses[-1]
-    # held-out validation at update 0 and 100, per language, the curves
+    # held-out validation at update 0 and 75, per language, the curves
     valid = metrics(out / "run", kind="valid")
-    assert [line["step"] for line in valid] == [0, 100]
+    assert [line["step"] for line in valid] == [0, 75]
     assert valid[-1]["valid_loss_prediction"] < valid[0]["valid_loss_prediction"]
     assert summary["valid_loss_prediction"] == valid[-1]["valid_loss_prediction"]
     assert "valid/demo/en/loss_prediction" in summary and "valid loss prediction" in text
@@ -57,15 +57,15 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
         in result.stdout + result.stderr
     )
     best = json.loads((out / "run" / "checkpoints" / "best.json").read_text())
-    assert summary["best"]["step"] == best["step"] == 100 and "valid_loss_prediction" in best
+    assert summary["best"]["step"] == best["step"] == 75 and "valid_loss_prediction" in best
     assert summary["valid_loss_prediction_update_0"] == valid[0]["valid_loss_prediction"]
     # the probes, in the loop (the local default): the initial model and the checkpoint, with intervals
     for key in ("probe_phone_error_rate", "probe_lid_accuracy"):
-        assert summary[f"{key}_step"] == 100 and f"{key}_baseline" in summary
+        assert summary[f"{key}_step"] == 75 and f"{key}_baseline" in summary
         low, high = summary[f"{key}_interval"]
         assert low <= summary[key] <= high
     assert "phone error rate" in text and "random-init baseline" in text and "LID accuracy" in text
-    assert "probe update 100: phone error rate" in result.stderr
+    assert "probe update 75: phone error rate" in result.stderr
     assert (out / "run" / "curves.png").stat().st_size > 20_000
     # per-language telemetry: what the job drew against the upsampling target
     streams = {row["language"]: row for row in summary["data"]["streams"]}
@@ -75,7 +75,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     skips = {k: v for k, v in summary["last"].items() if k.startswith("data_skipped_")}
     assert set(skips) == {f"data_skipped_{r}" for r in SKIP_COUNTERS}
     assert skips["data_skipped_undecodable"] == skips["data_skipped_broken_units"] == 0  # clean shards
-    assert [step for step, _ in complete_checkpoints(out / "run" / "checkpoints")] == [100]
+    assert [step for step, _ in complete_checkpoints(out / "run" / "checkpoints")] == [75]
     wandb_dir = Path(summary["wandb_dir"])
     # a real W&B offline run: its history holds our metrics, its console log our progress lines
     assert wandb_dir.name.startswith("offline-run-") and wandb_dir.name.endswith(summary_run_id(out))
@@ -84,7 +84,7 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert b"valid/valid_loss_prediction" in history and b"data/realised_share" in history
     assert b"time_per_update_seconds" in history  # `xlsr plan`'s figures, in the run config
     assert "plan: " in result.stdout + result.stderr
-    assert "update 100/100" in (wandb_dir / "files" / "output.log").read_text()
+    assert "update 75/75" in (wandb_dir / "files" / "output.log").read_text()
     # the probes' linked W&B run, in the training run's group
     probes_run = list((out / "run" / "wandb").glob(f"offline-run-*-{summary_run_id(out)}-probes"))
     assert probes_run and b"probe/phone_error_rate" in next(probes_run[-1].glob("run-*.wandb")).read_bytes()
@@ -95,9 +95,9 @@ def test_demo_path_shards_trains_on_two_processes_and_saves(tmp_path):
     assert_hf_matches(Path(summary["checkpoint"]), tmp_path / "hf")
     # a second run reuses the corpus, the shards and the finished training
     started = time.monotonic()
-    again = xlsr("demo", "--out", str(out), "--corpus-scale", "0.3", "optim.max_update=100")
+    again = xlsr("demo", "--out", str(out), "--corpus-scale", "0.3", "optim.max_update=75")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "update 25/100" not in again.stdout  # resumed at the final checkpoint: nothing to redo
+    assert "update 25/75" not in again.stdout  # resumed at the final checkpoint: nothing to redo
     assert time.monotonic() - started < 60
 
 

@@ -164,6 +164,9 @@ class ProbeLog:
         """A fresh start (``step`` -1), a resume or a rollback to ``step``: later lines describe
         updates that will be trained again. They move to ``probes/set-aside-<label>.jsonl``, and the
         SLURM claims of their steps are renamed, so the new checkpoints get probed."""
+        claims = self.lock_path.parent / "claims"
+        if not self.path.exists() and not claims.is_dir():
+            return  # a run without probes: nothing to create
         with self.locked():
             records = self.records()
             later = [r for r in records if r["step"] > step]
@@ -173,7 +176,7 @@ class ProbeLog:
                     handle.write("".join(json.dumps(r) + "\n" for r in later))
                 kept = [r for r in records if r["step"] <= step]
                 atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-            for claim in (self.lock_path.parent / "claims").glob("step-????????"):
+            for claim in claims.glob("step-????????"):
                 if int(claim.name[5:]) > step:
                     claim.rename(claim.with_name(f"{claim.name}.set-aside-{label}"))
 

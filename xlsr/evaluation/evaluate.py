@@ -22,7 +22,7 @@ from xlsr.run_dir import PROBE_KINDS, ProbeLog
 
 log = logging.getLogger("xlsr.probes")
 
-FOLLOW_POLL_S = 5.0
+FOLLOW_POLL_S = 2.0
 TREND_SPANS = (0.10, 0.25)
 
 
